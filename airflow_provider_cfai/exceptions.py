@@ -1,0 +1,145 @@
+"""Errors raised by the provider.
+
+Two families matter to Airflow. A *permanent* error (bad input, an API answer that will not change
+on retry) also derives from ``AirflowFailException``, so the task fails at once instead of burning
+its retries. Everything else is an ordinary exception that Airflow retries as configured.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+try:  # Airflow 3.2+
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError:  # Airflow 3.1
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
+
+__all__ = [
+    "AdapterValidationError",
+    "AirflowFailException",
+    "CloudflareAIError",
+    "CloudflareAPIError",
+    "CloudflareAuthError",
+    "CloudflareConfigError",
+    "CloudflareInputError",
+    "CloudflarePermanentAPIError",
+    "FinetuneConflictError",
+]
+
+
+class CloudflareAIError(Exception):
+    """Base class of every error this provider raises."""
+
+
+class CloudflareConfigError(CloudflareAIError, AirflowFailException):
+    """The Airflow connection is unusable (no account ID, no credentials, a malformed host)."""
+
+
+class CloudflareInputError(CloudflareAIError, ValueError, AirflowFailException):
+    """An argument is invalid; raised before any API call."""
+
+
+class AdapterValidationError(CloudflareInputError):
+    """A LoRA adapter folder breaks one of Cloudflare's rules.
+
+    :param file_name: the adapter file at fault (``adapter_config.json`` …), or the folder.
+    :param field: the field or property that is wrong (``r``, ``model_type``, ``size`` …).
+    :param problem: what is wrong and what the limit is.
+    """
+
+    def __init__(self, file_name: str, field: str, problem: str) -> None:
+        self.file_name = file_name
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{file_name}: {field}: {problem}")
+
+
+class FinetuneConflictError(CloudflareInputError):
+    """A finetune with the requested name already exists (``if_exists="fail"``) or has another model."""
+
+
+def _format_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    parts = []
+    for item in errors:
+        code = item.get("code")
+        message = str(item.get("message", "")).strip()
+        parts.append(f"[{code}] {message}" if code is not None else message)
+    return "; ".join(p for p in parts if p)
+
+
+class CloudflareAPIError(CloudflareAIError):
+    """Cloudflare (or the network on the way) did not do what was asked.
+
+    :param method: HTTP method of the failed call.
+    :param path: request path below the API base URL (no query string, no secrets).
+    :param status: HTTP status, or ``None`` when no response arrived.
+    :param errors: Cloudflare's ``errors`` items (``{"code": …, "message": …}``); unknown keys are kept.
+    :param detail: what happened when there is no Cloudflare error body (HTML page, timeout …).
+    """
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        status: int | None,
+        errors: Sequence[Mapping[str, Any]] = (),
+        *,
+        detail: str | None = None,
+        context: str | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.status = status
+        self.errors: list[dict[str, Any]] = [dict(e) for e in errors]
+        self.detail = detail
+        self.context = context
+        super().__init__(str(self))
+
+    @property
+    def codes(self) -> list[int]:
+        """The numeric Cloudflare error codes, in the order Cloudflare sent them."""
+        return [e["code"] for e in self.errors if isinstance(e.get("code"), int)]
+
+    def with_context(self, context: str) -> CloudflareAPIError:
+        """Return the same error (same class, same retry behaviour) prefixed with ``context``."""
+        return type(self)(self.method, self.path, self.status, self.errors, detail=self.detail, context=context)
+
+    def __str__(self) -> str:
+        outcome = f"failed with HTTP {self.status}" if self.status is not None else "failed"
+        text = f"{self.method} {self.path} {outcome}"
+        reasons = _format_errors(self.errors)
+        if reasons:
+            text += f": {reasons}"
+        if self.detail:
+            text += f" ({self.detail})" if reasons else f": {self.detail}"
+        return f"{self.context}: {text}" if self.context else text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions cross process boundaries (Celery, the Task SDK supervisor): keep every field.
+        return (
+            _rebuild_api_error,
+            (type(self), self.method, self.path, self.status, self.errors, self.detail, self.context),
+        )
+
+
+def _rebuild_api_error(
+    cls: type[CloudflareAPIError],
+    method: str,
+    path: str,
+    status: int | None,
+    errors: list[dict[str, Any]],
+    detail: str | None,
+    context: str | None,
+) -> CloudflareAPIError:
+    return cls(method, path, status, errors, detail=detail, context=context)
+
+
+class CloudflarePermanentAPIError(CloudflareAPIError, AirflowFailException):
+    """Cloudflare refused the request for a reason a retry will not change (4xx other than 408/429)."""
+
+
+class CloudflareAuthError(CloudflarePermanentAPIError):
+    """Cloudflare rejected the credentials (HTTP 401/403)."""
