@@ -14,6 +14,48 @@ __all__ = ["__version__", "get_provider_info"]
 
 _HOOK_CLASS = "airflow_provider_cfai.hooks.cloudflare_ai.CloudflareAIHook"
 
+#: The connection form, declared as data (read by Airflow 3.2+ without importing the hook). The
+#: hook's ``get_ui_field_behaviour`` / ``get_connection_form_widgets`` serve Airflow 3.1 from this.
+CONNECTION_FORM: dict[str, Any] = {
+    "ui-field-behaviour": {
+        "hidden-fields": ["schema", "port"],
+        "relabeling": {"login": "Account ID", "password": "API Token", "host": "API base URL"},
+        "placeholders": {
+            "login": "32-character Cloudflare account ID",
+            "password": "API token with the Workers AI Write permission",
+            "host": "https://api.cloudflare.com/client/v4",
+            "extra": '{"timeout": 60, "max_retries": 5, "retry_budget": 180}',
+        },
+    },
+    "conn-fields": {
+        "email": {
+            "label": "Email (legacy scheme)",
+            "description": "With a Global API key instead of an API token; ignored when a token is set.",
+            "schema": {"type": ["string", "null"]},
+        },
+        "api_key": {
+            "label": "Global API key (legacy scheme)",
+            "description": "Prefer an API token; this key grants access to the whole Cloudflare account.",
+            "schema": {"type": ["string", "null"], "format": "password"},
+        },
+        "timeout": {
+            "label": "Timeout (seconds)",
+            "description": "Per-request timeout; default 60.",
+            "schema": {"type": ["number", "null"], "minimum": 1},
+        },
+        "max_retries": {
+            "label": "Max retries",
+            "description": "Retries of a failed call (429, 5xx, dropped connections); default 5.",
+            "schema": {"type": ["integer", "null"], "minimum": 0},
+        },
+        "retry_budget": {
+            "label": "Retry budget (seconds)",
+            "description": "Total time one call may spend waiting between retries; default 180.",
+            "schema": {"type": ["number", "null"], "minimum": 0},
+        },
+    },
+}
+
 
 def get_provider_info() -> dict[str, Any]:
     """Describe the provider to Airflow's providers manager (entry point ``apache_airflow_provider``)."""
@@ -44,11 +86,13 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
+        "extra-links": ["airflow_provider_cfai.links.CloudflareWorkersAILink"],
         "connection-types": [
             {
                 "connection-type": "cloudflare_ai",
                 "hook-class-name": _HOOK_CLASS,
                 "hook-name": "Cloudflare Workers AI",
+                **CONNECTION_FORM,
             }
         ],
     }

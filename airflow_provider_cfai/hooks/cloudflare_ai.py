@@ -1,0 +1,715 @@
+"""Hook for the Cloudflare Workers AI finetune API."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import quote, urlsplit
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_cfai.adapters import ADAPTER_FILE_NAMES, AdapterFile, LoraAdapter, load_adapter
+from airflow_provider_cfai.exceptions import (
+    CloudflareAIError,
+    CloudflareAPIError,
+    CloudflareConfigError,
+    CloudflareInputError,
+    CloudflarePermanentAPIError,
+)
+from airflow_provider_cfai.hooks._pacing import RateLimitGate, gate_for, parse_ratelimit, parse_retry_after
+from airflow_provider_cfai.hooks._responses import RETRYABLE_STATUSES, unwrap
+
+if TYPE_CHECKING:
+    import requests
+    from tenacity import RetryCallState
+
+    from airflow_provider_cfai.adapters import AdapterSource
+
+DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_RETRY_BUDGET = 180.0
+_CONNECT_TIMEOUT = 10.0
+_ACCOUNT_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+_BARE_HOST = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?$")
+_PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+# Larger socket writes than http.client's 8 KiB default keep a 300 MB upload near wire speed.
+_UPLOAD_BLOCKSIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """What the hook needs from the Airflow connection, read once and checked."""
+
+    account_id: str
+    base_url: str
+    timeout: float
+    max_retries: int
+    retry_budget: float
+    verify: bool | str = True
+    proxies: dict[str, str] = field(default_factory=dict, repr=False)
+    token: str | None = field(default=None, repr=False)
+    email: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        if self.token:
+            return {"Authorization": f"Bearer {self.token}"}
+        return {"X-Auth-Email": self.email or "", "X-Auth-Key": self.api_key or ""}
+
+    @property
+    def credential_digest(self) -> str:
+        secret = self.token or f"{self.email}:{self.api_key}"
+        return hashlib.sha256(f"{self.base_url}|{secret}".encode()).hexdigest()
+
+
+class _AttemptFailed(Exception):
+    """One attempt failed; carries what the retry policy needs to decide and wait."""
+
+    def __init__(self, error: CloudflareAPIError, *, retry_after: float | None, outcome_unknown: bool):
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+        self.outcome_unknown = outcome_unknown
+
+
+class CloudflareAIHook(BaseHook):
+    """Talk to the Cloudflare Workers AI finetune API.
+
+    Credentials come from an Airflow connection of type ``cloudflare_ai``: login is the account ID,
+    password an API token (``Authorization: Bearer``); with no password, extras ``email`` and
+    ``api_key`` select the legacy Global API key scheme. ``host`` may hold a full base URL (tests
+    point it at the emulator). Extras ``timeout``, ``max_retries``, ``retry_budget`` (seconds),
+    ``proxies`` and ``verify`` tune the transport.
+
+    Every call goes through one retry policy: 429 waits ``Retry-After``; 5xx, 408, dropped
+    connections and timeouts back off exponentially with jitter; other 4xx fail at once. A create
+    whose outcome is unknown is never re-sent blindly: the hook looks the name up first.
+
+    :param cloudflare_conn_id: the Airflow connection to use.
+    :param timeout: overrides the connection's ``timeout`` extra (seconds per request).
+    :param max_retries: overrides the connection's ``max_retries`` extra.
+    :param retry_budget: overrides the connection's ``retry_budget`` extra (seconds for all retries).
+    """
+
+    conn_name_attr = "cloudflare_conn_id"
+    default_conn_name = "cloudflare_ai_default"
+    conn_type = "cloudflare_ai"
+    hook_name = "Cloudflare Workers AI"
+
+    def __init__(
+        self,
+        cloudflare_conn_id: str = default_conn_name,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_budget: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.cloudflare_conn_id = cloudflare_conn_id
+        self._overrides = {"timeout": timeout, "max_retries": max_retries, "retry_budget": retry_budget}
+
+    # -- connection form (Airflow 3.1; 3.2+ reads the same from get_provider_info) ------------------
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Relabel and hide the standard connection fields."""
+        from airflow_provider_cfai import CONNECTION_FORM
+
+        behaviour = CONNECTION_FORM["ui-field-behaviour"]
+        return {
+            "hidden_fields": list(behaviour["hidden-fields"]),
+            "relabeling": dict(behaviour["relabeling"]),
+            "placeholders": dict(behaviour["placeholders"]),
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields of the connection form (needs the FAB UI packages, as on Airflow 3.1)."""
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, PasswordField, StringField
+
+        from airflow_provider_cfai import CONNECTION_FORM
+
+        widgets: dict[str, Any] = {}
+        for name, spec in CONNECTION_FORM["conn-fields"].items():
+            label = lazy_gettext(spec["label"])
+            if spec["schema"].get("format") == "password":
+                widgets[name] = PasswordField(label, widget=BS3PasswordFieldWidget())
+            elif "integer" in spec["schema"]["type"]:
+                widgets[name] = IntegerField(label, widget=BS3TextFieldWidget())
+            else:
+                widgets[name] = StringField(label, widget=BS3TextFieldWidget())
+        return widgets
+
+    # -- connection -------------------------------------------------------------------------------
+
+    @cached_property
+    def settings(self) -> ConnectionSettings:
+        """The checked connection settings (read on first use, never at construction)."""
+        from airflow.sdk.log import mask_secret
+
+        conn = self.get_connection(self.cloudflare_conn_id)
+        extras = _extras(conn.extra_dejson, self.conn_type)
+        name = self.cloudflare_conn_id
+        token = (conn.password or "").strip() or None
+        email = str(extras.get("email") or "").strip() or None
+        api_key = str(extras.get("api_key") or "").strip() or None
+        for secret in (token, api_key, email):
+            if secret:
+                mask_secret(secret)
+        if not token and not (email and api_key):
+            raise CloudflareConfigError(
+                f"Connection {name!r} has no credentials: set its password to a Cloudflare API token "
+                "(permission 'Workers AI Write'), or set both extras 'email' and 'api_key'."
+            )
+        account_id = (conn.login or "").strip()
+        if not account_id:
+            raise CloudflareConfigError(
+                f"Connection {name!r} has no account ID: set its login to your 32-character Cloudflare "
+                "account ID (dashboard → Workers AI → Account ID)."
+            )
+        proxies = extras.get("proxies") or {}
+        if not isinstance(proxies, Mapping):
+            raise CloudflareConfigError(f"Connection {name!r}: extra 'proxies' must be a JSON object.")
+        for proxy in proxies.values():
+            if "@" in str(proxy):
+                mask_secret(str(proxy))
+        verify = extras.get("verify", True)
+        return ConnectionSettings(
+            account_id=self._checked_account_id(account_id),
+            base_url=_base_url(name, conn.host, conn.port, conn.schema),
+            timeout=self._number(extras, "timeout", DEFAULT_TIMEOUT),
+            max_retries=int(self._number(extras, "max_retries", DEFAULT_MAX_RETRIES)),
+            retry_budget=self._number(extras, "retry_budget", DEFAULT_RETRY_BUDGET),
+            verify=verify if isinstance(verify, (bool, str)) else bool(verify),
+            proxies={str(k): str(v) for k, v in proxies.items()},
+            token=token,
+            email=None if token else email,
+            api_key=None if token else api_key,
+        )
+
+    def _number(self, extras: Mapping[str, Any], key: str, default: float) -> float:
+        value = self._overrides.get(key)
+        if value is None:
+            value = extras.get(key, default)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = -1.0
+        if number < 0 or (key == "timeout" and number == 0):
+            raise CloudflareConfigError(
+                f"Connection {self.cloudflare_conn_id!r}: extra {key!r} must be a positive number, got {value!r}."
+            )
+        return number
+
+    @staticmethod
+    def _checked_account_id(account_id: str) -> str:
+        if not _ACCOUNT_ID.match(account_id):
+            raise CloudflareConfigError(
+                f"Account ID {account_id!r} is not 32 hexadecimal characters; copy it from the "
+                "Cloudflare dashboard (Workers AI → Account ID)."
+            )
+        return account_id.lower()
+
+    def _account(self, account_id: str | None) -> str:
+        if account_id is None or not account_id.strip():
+            return f"/accounts/{self.settings.account_id}"
+        return f"/accounts/{self._checked_account_id(account_id.strip())}"
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """One pooled HTTP session per hook, carrying auth and the User-Agent."""
+        import requests
+
+        from airflow_provider_cfai.hooks._transport import BlockSizeAdapter, user_agent
+
+        session = requests.Session()
+        adapter = BlockSizeAdapter(blocksize=_UPLOAD_BLOCKSIZE, pool_maxsize=16)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers.update({"User-Agent": user_agent(), "Accept": "application/json"})
+        session.headers.update(self.settings.auth_headers)
+        session.proxies.update(self.settings.proxies)
+        session.verify = self.settings.verify
+        return session
+
+    def get_conn(self) -> requests.Session:
+        """Return the HTTP session (Airflow's conventional accessor)."""
+        return self.session
+
+    @cached_property
+    def _gate(self) -> RateLimitGate:
+        return gate_for(self.settings.credential_digest)
+
+    # -- transport --------------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        upload: Callable[[], contextlib.AbstractContextManager[tuple[IO[bytes], str]]] | None = None,
+        recover: Callable[[], Any] | None = None,
+    ) -> Any:
+        """Send one API call under the retry policy and return the envelope's ``result``.
+
+        :param recover: for non-idempotent calls: after an attempt whose outcome is unknown (the
+            request may have been applied), called before trying again; a non-``None`` return value
+            is taken as the call's result instead of re-sending.
+        """
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
+
+        settings = self.settings
+        retrying = Retrying(
+            stop=stop_after_attempt(settings.max_retries + 1) | stop_before_delay(settings.retry_budget),
+            wait=_wait,
+            retry=retry_if_exception(_is_retryable),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        outcome_unknown = False
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if outcome_unknown and recover is not None:
+                        recovered = recover()
+                        if recovered is not None:
+                            return recovered
+                    try:
+                        return self._send(method, path, json=json, params=params, upload=upload)
+                    except _AttemptFailed as failed:
+                        outcome_unknown = outcome_unknown or failed.outcome_unknown
+                        raise
+        except _AttemptFailed as failed:
+            raise failed.error from failed.__cause__
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        params: Mapping[str, Any] | None,
+        upload: Callable[[], contextlib.AbstractContextManager[tuple[IO[bytes], str]]] | None,
+    ) -> Any:
+        import requests
+
+        url = self.settings.base_url + path
+        timeout = (min(_CONNECT_TIMEOUT, self.settings.timeout), self.settings.timeout)
+        window = self._gate.acquire()
+        ratelimit = None
+        try:
+            with upload() if upload is not None else contextlib.nullcontext((None, None)) as (body, ctype):
+                headers = {"Content-Type": ctype} if ctype else None
+                response = self.session.request(
+                    method, url, json=json, params=params, data=body, headers=headers, timeout=timeout
+                )
+            ratelimit = parse_ratelimit(response.headers.get("Ratelimit"))
+        except requests.exceptions.RequestException as exc:
+            sent = _may_have_been_sent(exc)
+            error = CloudflareAPIError(method, path, None, detail=_describe_transport_error(exc, timeout[1]))
+            raise _AttemptFailed(error, retry_after=None, outcome_unknown=sent) from exc
+        finally:
+            self._gate.release(window, ratelimit)
+        self.log.debug("%s %s -> HTTP %s", method, path, response.status_code)
+        try:
+            return unwrap(response, method, path)
+        except CloudflareAPIError as error:
+            status = response.status_code
+            retry_after = parse_retry_after(response.headers.get("Retry-After")) if status == 429 else None
+            if retry_after is not None:
+                error = type(error)(
+                    method,
+                    path,
+                    status,
+                    error.errors,
+                    detail=f"Cloudflare asked to retry after {retry_after:.0f} s",
+                )
+            unknown = status in RETRYABLE_STATUSES and status != 429
+            raise _AttemptFailed(error, retry_after=retry_after, outcome_unknown=unknown) from None
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome else None
+        error = failure.error if isinstance(failure, _AttemptFailed) else failure
+        if isinstance(error, CloudflareAPIError):
+            reason = f"HTTP {error.status}" if error.status else (error.detail or "no response")
+        else:
+            reason = type(error).__name__
+        self.log.warning(
+            "%s %s failed (%s); retrying in %.1f s (attempt %d of %d)",
+            getattr(error, "method", "?"),
+            getattr(error, "path", "?"),
+            reason,
+            state.upcoming_sleep,
+            state.attempt_number + 1,
+            self.settings.max_retries + 1,
+        )
+
+    # -- finetunes --------------------------------------------------------------------------------
+
+    def create_finetune(
+        self,
+        model: str,
+        name: str,
+        *,
+        description: str | None = None,
+        public: bool = False,
+        account_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Register a finetune (``POST /accounts/{id}/ai/finetunes``) and return Cloudflare's ``result``.
+
+        If the outcome of the request is unknown (timeout, dropped connection, 5xx), the hook lists
+        the account's finetunes and returns the one with this name and model before trying again,
+        so a retry never makes a duplicate.
+        """
+        model, name = _required("model", model), _required("name", name)
+        body: dict[str, Any] = {"model": model, "name": name, "public": bool(public)}
+        if description is not None:
+            body["description"] = description
+
+        def recover() -> dict[str, Any] | None:
+            found = self._find_exact(name, model, account_id=account_id)
+            if found is not None:
+                self.log.info("Finetune %s (%s) was created by an earlier attempt", found.get("id"), name)
+            return found
+
+        result = self._request("POST", f"{self._account(account_id)}/ai/finetunes", json=body, recover=recover)
+        return _as_object(result, "POST", "/ai/finetunes")
+
+    def list_finetunes(self, *, account_id: str | None = None) -> list[dict[str, Any]]:
+        """List the account's finetunes as a flat list.
+
+        Cloudflare's spec, docs and clients disagree on the shape of ``result`` (an object, an array,
+        an array in an array); all three come back flat.
+        """
+        result = self._request("GET", f"{self._account(account_id)}/ai/finetunes")
+        return _flatten(result)
+
+    def find_finetune(self, name_or_id: str, *, account_id: str | None = None) -> dict[str, Any] | None:
+        """Return the finetune with this ID or name (the oldest if names repeat), or ``None``."""
+        name_or_id = _required("name_or_id", name_or_id)
+        finetunes = self.list_finetunes(account_id=account_id)
+        for finetune in finetunes:
+            if finetune.get("id") == name_or_id:
+                return finetune
+        named = [f for f in finetunes if f.get("name") == name_or_id]
+        return min(named, key=lambda f: str(f.get("created_at", ""))) if named else None
+
+    def _find_exact(self, name: str, model: str, *, account_id: str | None) -> dict[str, Any] | None:
+        named = [f for f in self.list_finetunes(account_id=account_id) if f.get("name") == name]
+        matching = [f for f in named if f.get("model") == model]
+        return min(matching, key=lambda f: str(f.get("created_at", ""))) if matching else None
+
+    def list_public_finetunes(
+        self, *, limit: int = 20, offset: int = 0, order_by: str | None = None
+    ) -> list[dict[str, Any]]:
+        """One page of Cloudflare's public finetunes (``GET /accounts/{id}/ai/finetunes/public``)."""
+        if limit < 1 or offset < 0:
+            raise CloudflareInputError(f"limit must be >= 1 and offset >= 0, got limit={limit}, offset={offset}")
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if order_by:
+            params["orderBy"] = order_by
+        result = self._request("GET", f"{self._account(None)}/ai/finetunes/public", params=params)
+        return _flatten(result)
+
+    def iter_public_finetunes(self, *, page_size: int = 100, order_by: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every public finetune, fetched page by page until a short page."""
+        offset = 0
+        while True:
+            page = self.list_public_finetunes(limit=page_size, offset=offset, order_by=order_by)
+            yield from page
+            if len(page) < page_size:
+                return
+            offset += len(page)
+
+    # -- assets -----------------------------------------------------------------------------------
+
+    def upload_finetune_asset(
+        self,
+        finetune_id: str,
+        file_name: str,
+        source: str | os.PathLike[str] | AdapterFile,
+        *,
+        account_id: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Upload one adapter file, streamed from disk or object storage, never read whole.
+
+        :param finetune_id: the finetune's ID (or name).
+        :param file_name: ``adapter_config.json`` or ``adapter_model.safetensors``.
+        :param source: a local path or an :class:`~airflow_provider_cfai.adapters.AdapterFile`.
+        :return: the legacy ``result`` object when Cloudflare sends one, else ``None``.
+        """
+        finetune_id = _required("finetune_id", finetune_id)
+        if file_name not in ADAPTER_FILE_NAMES:
+            raise CloudflareInputError(f"file_name must be one of {', '.join(ADAPTER_FILE_NAMES)}, got {file_name!r}")
+        opener, size = _opener(source)
+        path = f"{self._account(account_id)}/ai/finetunes/{quote(finetune_id, safe='')}/finetune-assets"
+
+        @contextlib.contextmanager
+        def multipart() -> Iterator[tuple[IO[bytes], str]]:
+            from requests_toolbelt import MultipartEncoder, MultipartEncoderMonitor
+
+            with opener() as handle:
+                fields = [("file_name", file_name), ("file", (file_name, handle, "application/octet-stream"))]
+                encoder = MultipartEncoder(fields=fields)
+                if size < _PROGRESS_MIN_BYTES:
+                    yield encoder, encoder.content_type
+                    return
+                progress = _ProgressLogger(self, file_name, encoder.len)
+                yield MultipartEncoderMonitor(encoder, progress), encoder.content_type
+
+        self.log.info("Uploading %s (%d bytes) to finetune %s", file_name, size, finetune_id)
+        try:
+            result = self._request("POST", path, upload=multipart)
+        except CloudflarePermanentAPIError as error:
+            if error.status != 409:
+                raise
+            # Assets cannot be replaced; a conflict means an earlier run already uploaded this file.
+            self.log.warning("Finetune %s already has %s (HTTP 409); keeping it", finetune_id, file_name)
+            return None
+        return result if isinstance(result, dict) else None
+
+    def upload_adapter(self, finetune_id: str, adapter: AdapterSource, *, account_id: str | None = None) -> LoraAdapter:
+        """Validate a LoRA adapter folder, then upload its two files to the finetune.
+
+        :return: the validated adapter.
+        """
+        loaded = load_adapter(adapter)
+        for adapter_file in loaded.files:
+            self.upload_finetune_asset(finetune_id, adapter_file.name, adapter_file, account_id=account_id)
+        return loaded
+
+    # -- inference --------------------------------------------------------------------------------
+
+    def run_model(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        lora: str | None = None,
+        account_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Run a Workers AI model (``POST /accounts/{id}/ai/run/{model}``), optionally with a finetune.
+
+        :param inputs: the model's JSON input, e.g. ``{"prompt": "..."}`` or ``{"messages": [...]}``.
+        :param lora: a finetune ID or name to apply.
+        :return: Cloudflare's ``result`` (``{"response": ...}`` for text generation).
+        """
+        model = _required("model", model)
+        if not isinstance(inputs, Mapping):
+            raise CloudflareInputError(
+                f"inputs must be a mapping such as {{'prompt': '...'}}, got {type(inputs).__name__}"
+            )
+        body = dict(inputs)
+        if lora:
+            body["lora"] = lora
+        path = f"{self._account(account_id)}/ai/run/{quote(model, safe='/@')}"
+        result = self._request("POST", path, json=body)
+        return result if isinstance(result, dict) else {"result": result}
+
+    # -- connection checks ------------------------------------------------------------------------
+
+    def verify_token(self) -> dict[str, Any]:
+        """Verify the API token: the account-token endpoint first, then the user-token one."""
+        if not self.settings.token:
+            raise CloudflareConfigError("Token verification needs an API token; this connection uses email + api_key")
+        try:
+            result = self._request("GET", f"{self._account(None)}/tokens/verify")
+        except CloudflarePermanentAPIError as account_error:
+            # Each endpoint rejects the other kind of token, so a refusal here is not final yet.
+            try:
+                result = self._request("GET", "/user/tokens/verify")
+            except CloudflarePermanentAPIError:
+                raise account_error from None
+        return _as_object(result, "GET", "/tokens/verify")
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check credentials and account read-only; never raises and never echoes a secret."""
+        step = "reading the connection"
+        try:
+            settings = self.settings
+            token_note = "email + Global API key"
+            if settings.token:
+                step = "verifying the API token"
+                status = self.verify_token().get("status")
+                if status != "active":
+                    return False, f"The API token is {status!r}, not 'active'; create a new token."
+                token_note = "API token active"
+            step = "listing finetunes"
+            count = len(self.list_finetunes())
+        except CloudflareAIError as error:
+            return False, f"Failed while {step}: {error}"
+        except Exception as error:
+            return False, f"Failed while {step}: {type(error).__name__}"
+        return (
+            True,
+            f"Connected to account {settings.account_id} ({token_note}); {count} finetune(s) visible.",
+        )
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _base_url(conn_id: str, host: str | None, port: int | None, schema: str | None) -> str:
+    host = (host or "").strip()
+    if not host:
+        return DEFAULT_BASE_URL
+    if "://" in host:
+        url = host
+    elif _BARE_HOST.match(host):
+        url = f"https://{host}{f':{port}' if port else ''}/{(schema or 'client/v4').strip('/')}"
+    else:
+        url = ""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
+        raise CloudflareConfigError(
+            f"Connection {conn_id!r}: host {host!r} is not a valid API base URL; use e.g. {DEFAULT_BASE_URL}"
+        )
+    if parts.username or parts.password:
+        raise CloudflareConfigError(
+            f"Connection {conn_id!r}: host must not carry credentials; put the API token in the password field."
+        )
+    return url.rstrip("/")
+
+
+def _extras(raw: Mapping[str, Any], conn_type: str) -> dict[str, Any]:
+    """Connection extras, accepting the ``extra__<conn_type>__<field>`` names older UIs wrote."""
+    prefix = f"extra__{conn_type}__"
+    extras = {key.removeprefix(prefix): value for key, value in raw.items() if key.startswith(prefix)}
+    extras.update({key: value for key, value in raw.items() if not key.startswith(prefix)})
+    return {key: value for key, value in extras.items() if value not in (None, "")}
+
+
+def _required(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise CloudflareInputError(f"{name} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _as_object(result: Any, method: str, path: str) -> dict[str, Any]:
+    if isinstance(result, list) and len(result) == 1 and isinstance(result[0], dict):
+        result = result[0]
+    if not isinstance(result, dict):
+        raise CloudflareAPIError(
+            method, path, 200, detail=f"expected an object in 'result', got {type(result).__name__}"
+        )
+    return result
+
+
+def _flatten(result: Any) -> list[dict[str, Any]]:
+    if result is None:
+        return []
+    if isinstance(result, dict):
+        return [result]
+    flat: list[dict[str, Any]] = []
+    if isinstance(result, list):
+        for item in result:
+            flat.extend(_flatten(item))
+    return flat
+
+
+def _opener(
+    source: str | os.PathLike[str] | AdapterFile,
+) -> tuple[Callable[[], contextlib.AbstractContextManager[BinaryIO]], int]:
+    if isinstance(source, AdapterFile):
+        return source.open, source.size
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        try:
+            size = os.path.getsize(path)
+        except OSError as error:
+            raise CloudflareInputError(f"Cannot read upload source {path!r}: {error.strerror}") from None
+        return lambda: open(path, "rb"), size
+    raise CloudflareInputError(f"source must be a file path or an AdapterFile, got {type(source).__name__}")
+
+
+def _is_retryable(error: BaseException) -> bool:
+    return isinstance(error, _AttemptFailed) and not isinstance(error.error, CloudflarePermanentAPIError)
+
+
+def _wait(state: RetryCallState) -> float:
+    from tenacity import wait_exponential, wait_random
+
+    failure = state.outcome.exception() if state.outcome else None
+    if isinstance(failure, _AttemptFailed) and failure.retry_after is not None:
+        return failure.retry_after
+    return float((wait_exponential(multiplier=0.5, max=30) + wait_random(0, 0.5))(state))
+
+
+def _may_have_been_sent(error: requests.exceptions.RequestException) -> bool:
+    """False only when the request certainly never reached the server (connect failures)."""
+    import requests
+
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return False
+    if isinstance(error, requests.exceptions.ConnectionError):
+        reason = getattr(error.args[0], "reason", None) if error.args else None
+        from urllib3.exceptions import NewConnectionError
+
+        return not isinstance(reason, NewConnectionError)
+    return True
+
+
+def _describe_transport_error(error: requests.exceptions.RequestException, read_timeout: float) -> str:
+    import requests
+
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return "could not connect (connect timeout)"
+    if isinstance(error, requests.exceptions.ReadTimeout):
+        return f"no response within {read_timeout:.0f} s (read timeout)"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return "the connection broke while reading the response"
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return f"connection error ({_root_cause(error)})"
+    return f"{type(error).__name__} ({_root_cause(error)})"
+
+
+def _root_cause(error: BaseException) -> str:
+    # Only exception class names: their texts may carry URLs with proxy credentials.
+    seen = error
+    while seen.__context__ is not None and seen.__context__ is not seen:
+        seen = seen.__context__
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    names = [type(error).__name__]
+    if reason is not None:
+        names.append(type(reason).__name__)
+    if seen is not error:
+        names.append(type(seen).__name__)
+    return " ← ".join(dict.fromkeys(names))
+
+
+class _ProgressLogger:
+    """Logs an upload's progress at most every 10 %."""
+
+    def __init__(self, hook: CloudflareAIHook, file_name: str, total: int) -> None:
+        self._hook, self._file_name, self._total = hook, file_name, max(total, 1)
+        self._next = 10
+        self._started = time.monotonic()
+
+    def __call__(self, monitor: Any) -> None:
+        percent = monitor.bytes_read * 100 // self._total
+        if percent < self._next:
+            return
+        self._next = (percent // 10 + 1) * 10
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        self._hook.log.info(
+            "%s: %d%% uploaded (%.1f MiB/s)", self._file_name, percent, monitor.bytes_read / elapsed / 2**20
+        )

@@ -1,0 +1,28 @@
+"""DAG files import the operator modules at every parse: they must not pull in heavy libraries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ["requests", "requests_toolbelt", "fastapi", "uvicorn", "httpx", "starlette", "tenacity", "fsspec"]
+
+PROBE = """
+import json, sys
+import airflow.sdk
+before = set(sys.modules)
+import airflow_provider_cfai.operators.finetune
+import airflow_provider_cfai.operators.inference
+import airflow_provider_cfai.hooks.cloudflare_ai
+new = {name.split(".")[0] for name in set(sys.modules) - before}
+print(json.dumps(sorted(new)))
+"""
+
+
+def test_operator_and_hook_modules_import_no_heavy_library() -> None:
+    out = subprocess.run([sys.executable, "-c", PROBE], check=True, capture_output=True, text=True).stdout
+    imported = set(json.loads(out.strip().splitlines()[-1]))
+
+    assert "airflow_provider_cfai" in imported  # the probe really imported something
+    assert imported.isdisjoint(HEAVY), sorted(imported & set(HEAVY))
