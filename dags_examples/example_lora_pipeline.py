@@ -28,7 +28,7 @@ BASE_MODEL = "@cf/mistral/mistral-7b-instruct-v0.2-lora"
 def example_lora_pipeline() -> None:
     # [START howto_lora_pipeline]
     @task
-    def train_adapter(run_id: str | None = None) -> str:
+    def train_adapter() -> str:
         """Stands in for a training step: writes a small, valid PEFT LoRA adapter folder."""
         from airflow_provider_cfai.adapter_factory import write_lora_adapter
 
