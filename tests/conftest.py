@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
     from airflow_provider_cfai.testing import RunningEmulator
 
+from connections import connection_json
+
 pytest_plugins = ("airflow_provider_cfai.testing",)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,19 +61,6 @@ def airflow_db(airflow_home: Path) -> Path:
 def emulator(cloudflare_ai_emulator: RunningEmulator) -> RunningEmulator:
     """The session's emulator, reset, with ``cloudflare_ai_default`` pointing at it."""
     return cloudflare_ai_emulator
-
-
-_TOP_LEVEL = ("login", "password", "host")
-
-
-def connection_json(emulator: RunningEmulator, **fields: Any) -> str:
-    """The emulator's connection; ``login``/``password``/``host`` override fields, the rest are extras."""
-    import json
-
-    extra = {k: v for k, v in fields.items() if k not in _TOP_LEVEL}
-    conn = json.loads(emulator.connection_json(**extra))
-    conn.update({k: v for k, v in fields.items() if k in _TOP_LEVEL})
-    return json.dumps(conn)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import connection_json
+from connections import connection_json
 
 from airflow_provider_cfai.adapter_factory import write_lora_adapter
 from airflow_provider_cfai.exceptions import AirflowFailException, CloudflareAIError

@@ -21,9 +21,14 @@ def test_every_example_dag_has_marked_regions() -> None:
     assert len(REGIONS) >= 4
 
 
+def _without_blank_lines(text: str) -> str:
+    # ruff formats the README's code blocks too, adding top-level blank lines the DAG file lacks.
+    return "\n".join(line for line in text.splitlines() if line.strip())
+
+
 @pytest.mark.parametrize("snippet", REGIONS)
 def test_readme_quotes_the_example_dag_region(snippet: str) -> None:
-    assert snippet in (ROOT / "README.md").read_text()
+    assert _without_blank_lines(snippet) in _without_blank_lines((ROOT / "README.md").read_text())
 
 
 def test_changelog_names_the_current_version() -> None:

@@ -28,8 +28,8 @@ def run_dag(dag_id: str, logical_date: str = "2026-01-05", folder: Path = DAGS_F
     return load_dag(dag_id, folder).test(logical_date=pendulum.parse(logical_date))
 
 
-def xcom(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
-    """The ``return_value`` XCom a task pushed, read back from the metadata DB."""
+def xcom(dag_id: str, run_id: str, task_id: str, map_index: int = -1, key: str = "return_value") -> Any:
+    """An XCom a task pushed (``return_value`` by default), read back from the metadata DB."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -41,10 +41,10 @@ def xcom(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
                 XComModel.run_id == run_id,
                 XComModel.task_id == task_id,
                 XComModel.map_index == map_index,
-                XComModel.key == "return_value",
+                XComModel.key == key,
             )
         )
-    assert value is not None, f"no return_value XCom for {dag_id}.{task_id}[{map_index}]"
+    assert value is not None, f"no {key} XCom for {dag_id}.{task_id}[{map_index}]"
     return XComModel.deserialize_value(_Row(value))
 
 

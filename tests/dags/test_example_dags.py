@@ -27,6 +27,15 @@ def test_finetune_dag_hands_the_emulators_id_downstream(airflow_db: Any, emulato
     assert mapped == {held[f"support-bot-{lang}"]["id"] for lang in ("en", "de", "fr")}
 
 
+def test_create_task_stores_its_dashboard_extra_link(airflow_db: Any, emulator: Any) -> None:
+    from airflow_provider_cfai.links import CloudflareWorkersAILink
+
+    run = run_dag("example_cloudflare_finetune")
+
+    link = xcom(run.dag_id, run.run_id, "create_finetune", key=CloudflareWorkersAILink().xcom_key)
+    assert link == f"https://dash.cloudflare.com/{emulator.account_id}/ai/workers-ai"
+
+
 def test_rerunning_the_finetune_dag_creates_nothing_new(airflow_db: Any, emulator: Any) -> None:
     first = run_dag("example_cloudflare_finetune")
     first_id = xcom(first.dag_id, first.run_id, "create_finetune")
