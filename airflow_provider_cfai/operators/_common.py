@@ -1,10 +1,38 @@
-"""Argument checks shared by the operators: cheap, no I/O, safe at DAG parse time."""
+"""What the operators share: the connection arguments, the hook, and cheap argument checks."""
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
 
 from airflow_provider_cfai.exceptions import CloudflareInputError
+
+if TYPE_CHECKING:
+    from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
+
+
+class CloudflareAIBaseOperator(BaseOperator):
+    """Base of this provider's operators: the connection to use and a lazily built hook.
+
+    :param account_id: overrides the connection's account ID.
+    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use.
+    """
+
+    def __init__(
+        self, *, account_id: str | None = None, cloudflare_conn_id: str = "cloudflare_ai_default", **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.account_id = account_id
+        self.cloudflare_conn_id = cloudflare_conn_id
+
+    @cached_property
+    def hook(self) -> CloudflareAIHook:
+        # Imported here: DAG files import operator modules at every parse.
+        from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
+
+        return CloudflareAIHook(cloudflare_conn_id=self.cloudflare_conn_id)
 
 
 def is_template(value: Any) -> bool:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
-
-from airflow.sdk import BaseOperator
 
 from airflow_provider_cfai.exceptions import CloudflareAPIError, FinetuneConflictError
 from airflow_provider_cfai.links import CloudflareWorkersAILink
-from airflow_provider_cfai.operators._common import as_bool, check_choice, check_text
+from airflow_provider_cfai.operators._common import CloudflareAIBaseOperator, as_bool, check_choice, check_text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -17,12 +14,11 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_cfai.adapters import AdapterSource
-    from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
 
 IF_EXISTS_CHOICES = ("reuse", "fail")
 
 
-class CreateFinetuneOperator(BaseOperator):
+class CreateFinetuneOperator(CloudflareAIBaseOperator):
     """Register a finetune on Cloudflare Workers AI and, optionally, upload its LoRA adapter.
 
     Returns the finetune ID, so it lands in XCom as ``return_value``. With ``if_exists="reuse"``
@@ -64,8 +60,6 @@ class CreateFinetuneOperator(BaseOperator):
         public: bool = False,
         adapter: AdapterSource | None = None,
         if_exists: str = "reuse",
-        account_id: str | None = None,
-        cloudflare_conn_id: str = "cloudflare_ai_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -78,14 +72,6 @@ class CreateFinetuneOperator(BaseOperator):
         self.public = public
         self.adapter = adapter
         self.if_exists = if_exists
-        self.account_id = account_id
-        self.cloudflare_conn_id = cloudflare_conn_id
-
-    @cached_property
-    def hook(self) -> CloudflareAIHook:
-        from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
-
-        return CloudflareAIHook(cloudflare_conn_id=self.cloudflare_conn_id)
 
     def execute(self, context: Context) -> str:
         from airflow_provider_cfai.adapters import load_adapter
@@ -136,7 +122,7 @@ class CreateFinetuneOperator(BaseOperator):
         return finetune_id
 
 
-class UploadFinetuneAssetsOperator(BaseOperator):
+class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
     """Upload a LoRA adapter's two files to an existing finetune.
 
     The folder is validated before anything is sent. Returns the finetune ID (XCom
@@ -156,22 +142,12 @@ class UploadFinetuneAssetsOperator(BaseOperator):
         *,
         finetune_id: str,
         adapter: AdapterSource,
-        account_id: str | None = None,
-        cloudflare_conn_id: str = "cloudflare_ai_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_text("finetune_id", finetune_id)
         self.finetune_id = finetune_id
         self.adapter = adapter
-        self.account_id = account_id
-        self.cloudflare_conn_id = cloudflare_conn_id
-
-    @cached_property
-    def hook(self) -> CloudflareAIHook:
-        from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
-
-        return CloudflareAIHook(cloudflare_conn_id=self.cloudflare_conn_id)
 
     def execute(self, context: Context) -> str:
         check_text("finetune_id", self.finetune_id)

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
 from airflow_provider_cfai.exceptions import CloudflareInputError
-from airflow_provider_cfai.operators._common import check_text, is_template
+from airflow_provider_cfai.operators._common import CloudflareAIBaseOperator, check_text, is_template
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
 
-
-class WorkersAIRunOperator(BaseOperator):
+class WorkersAIRunOperator(CloudflareAIBaseOperator):
     """Run a Workers AI model and return its ``result`` (XCom ``return_value``).
 
     Typical use is a smoke test of a new finetune: ``lora`` takes the ID that
@@ -39,8 +34,6 @@ class WorkersAIRunOperator(BaseOperator):
         model: str,
         inputs: Mapping[str, Any],
         lora: str | None = None,
-        account_id: str | None = None,
-        cloudflare_conn_id: str = "cloudflare_ai_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -49,14 +42,6 @@ class WorkersAIRunOperator(BaseOperator):
         self.model = model
         self.inputs = inputs
         self.lora = lora
-        self.account_id = account_id
-        self.cloudflare_conn_id = cloudflare_conn_id
-
-    @cached_property
-    def hook(self) -> CloudflareAIHook:
-        from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
-
-        return CloudflareAIHook(cloudflare_conn_id=self.cloudflare_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
         check_text("model", self.model)
