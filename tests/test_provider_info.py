@@ -66,7 +66,7 @@ def test_conn_fields_are_exactly_the_extras_the_hook_reads(monkeypatch: pytest.M
             read.add(key)
             return super().get(key, default)
 
-    import airflow_provider_cfai.hooks.cloudflare_ai as module
+    import airflow_provider_cfai.hooks._connection as module
 
     original = module._extras
     monkeypatch.setattr(module, "_extras", lambda raw, conn_type: Recording(original(raw, conn_type)))

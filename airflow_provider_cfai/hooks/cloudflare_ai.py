@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import re
-import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from airflow.sdk import BaseHook
 
@@ -23,8 +19,10 @@ from airflow_provider_cfai.exceptions import (
     CloudflareInputError,
     CloudflarePermanentAPIError,
 )
+from airflow_provider_cfai.hooks._connection import ConnectionSettings, checked_account_id, read_settings
 from airflow_provider_cfai.hooks._pacing import RateLimitGate, gate_for, parse_ratelimit, parse_retry_after
 from airflow_provider_cfai.hooks._responses import RETRYABLE_STATUSES, unwrap
+from airflow_provider_cfai.hooks._retry import AttemptFailed, is_retryable, wait_before_retry
 
 if TYPE_CHECKING:
     import requests
@@ -32,53 +30,10 @@ if TYPE_CHECKING:
 
     from airflow_provider_cfai.adapters import AdapterSource
 
-DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_MAX_RETRIES = 5
-DEFAULT_RETRY_BUDGET = 180.0
 _CONNECT_TIMEOUT = 10.0
-_ACCOUNT_ID = re.compile(r"^[0-9a-fA-F]{32}$")
-_BARE_HOST = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?$")
 _PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 # Larger socket writes than http.client's 8 KiB default keep a 300 MB upload near wire speed.
 _UPLOAD_BLOCKSIZE = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ConnectionSettings:
-    """What the hook needs from the Airflow connection, read once and checked."""
-
-    account_id: str
-    base_url: str
-    timeout: float
-    max_retries: int
-    retry_budget: float
-    verify: bool | str = True
-    proxies: dict[str, str] = field(default_factory=dict, repr=False)
-    token: str | None = field(default=None, repr=False)
-    email: str | None = field(default=None, repr=False)
-    api_key: str | None = field(default=None, repr=False)
-
-    @property
-    def auth_headers(self) -> dict[str, str]:
-        if self.token:
-            return {"Authorization": f"Bearer {self.token}"}
-        return {"X-Auth-Email": self.email or "", "X-Auth-Key": self.api_key or ""}
-
-    @property
-    def credential_digest(self) -> str:
-        secret = self.token or f"{self.email}:{self.api_key}"
-        return hashlib.sha256(f"{self.base_url}|{secret}".encode()).hexdigest()
-
-
-class _AttemptFailed(Exception):
-    """One attempt failed; carries what the retry policy needs to decide and wait."""
-
-    def __init__(self, error: CloudflareAPIError, *, retry_after: float | None, outcome_unknown: bool):
-        super().__init__(str(error))
-        self.error = error
-        self.retry_after = retry_after
-        self.outcome_unknown = outcome_unknown
 
 
 class CloudflareAIHook(BaseHook):
@@ -157,75 +112,13 @@ class CloudflareAIHook(BaseHook):
     @cached_property
     def settings(self) -> ConnectionSettings:
         """The checked connection settings (read on first use, never at construction)."""
-        from airflow.sdk.log import mask_secret
-
         conn = self.get_connection(self.cloudflare_conn_id)
-        extras = _extras(conn.extra_dejson, self.conn_type)
-        name = self.cloudflare_conn_id
-        token = (conn.password or "").strip() or None
-        email = str(extras.get("email") or "").strip() or None
-        api_key = str(extras.get("api_key") or "").strip() or None
-        for secret in (token, api_key, email):
-            if secret:
-                mask_secret(secret)
-        if not token and not (email and api_key):
-            raise CloudflareConfigError(
-                f"Connection {name!r} has no credentials: set its password to a Cloudflare API token "
-                "(permission 'Workers AI Write'), or set both extras 'email' and 'api_key'."
-            )
-        account_id = (conn.login or "").strip()
-        if not account_id:
-            raise CloudflareConfigError(
-                f"Connection {name!r} has no account ID: set its login to your 32-character Cloudflare "
-                "account ID (dashboard → Workers AI → Account ID)."
-            )
-        proxies = extras.get("proxies") or {}
-        if not isinstance(proxies, Mapping):
-            raise CloudflareConfigError(f"Connection {name!r}: extra 'proxies' must be a JSON object.")
-        for proxy in proxies.values():
-            if "@" in str(proxy):
-                mask_secret(str(proxy))
-        verify = extras.get("verify", True)
-        return ConnectionSettings(
-            account_id=self._checked_account_id(account_id),
-            base_url=_base_url(name, conn.host, conn.port, conn.schema),
-            timeout=self._number(extras, "timeout", DEFAULT_TIMEOUT),
-            max_retries=int(self._number(extras, "max_retries", DEFAULT_MAX_RETRIES)),
-            retry_budget=self._number(extras, "retry_budget", DEFAULT_RETRY_BUDGET),
-            verify=verify if isinstance(verify, (bool, str)) else bool(verify),
-            proxies={str(k): str(v) for k, v in proxies.items()},
-            token=token,
-            email=None if token else email,
-            api_key=None if token else api_key,
-        )
-
-    def _number(self, extras: Mapping[str, Any], key: str, default: float) -> float:
-        value = self._overrides.get(key)
-        if value is None:
-            value = extras.get(key, default)
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = -1.0
-        if number < 0 or (key == "timeout" and number == 0):
-            raise CloudflareConfigError(
-                f"Connection {self.cloudflare_conn_id!r}: extra {key!r} must be a positive number, got {value!r}."
-            )
-        return number
-
-    @staticmethod
-    def _checked_account_id(account_id: str) -> str:
-        if not _ACCOUNT_ID.match(account_id):
-            raise CloudflareConfigError(
-                f"Account ID {account_id!r} is not 32 hexadecimal characters; copy it from the "
-                "Cloudflare dashboard (Workers AI → Account ID)."
-            )
-        return account_id.lower()
+        return read_settings(conn, self.cloudflare_conn_id, self.conn_type, self._overrides)
 
     def _account(self, account_id: str | None) -> str:
         if account_id is None or not account_id.strip():
             return f"/accounts/{self.settings.account_id}"
-        return f"/accounts/{self._checked_account_id(account_id.strip())}"
+        return f"/accounts/{checked_account_id(account_id.strip())}"
 
     @cached_property
     def session(self) -> requests.Session:
@@ -275,8 +168,8 @@ class CloudflareAIHook(BaseHook):
         settings = self.settings
         retrying = Retrying(
             stop=stop_after_attempt(settings.max_retries + 1) | stop_before_delay(settings.retry_budget),
-            wait=_wait,
-            retry=retry_if_exception(_is_retryable),
+            wait=wait_before_retry,
+            retry=retry_if_exception(is_retryable),
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -290,10 +183,10 @@ class CloudflareAIHook(BaseHook):
                             return recovered
                     try:
                         return self._send(method, path, json=json, params=params, upload=upload)
-                    except _AttemptFailed as failed:
+                    except AttemptFailed as failed:
                         outcome_unknown = outcome_unknown or failed.outcome_unknown
                         raise
-        except _AttemptFailed as failed:
+        except AttemptFailed as failed:
             raise failed.error from failed.__cause__
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
@@ -308,6 +201,8 @@ class CloudflareAIHook(BaseHook):
     ) -> Any:
         import requests
 
+        from airflow_provider_cfai.hooks._transport import describe_transport_error, may_have_been_sent
+
         url = self.settings.base_url + path
         timeout = (min(_CONNECT_TIMEOUT, self.settings.timeout), self.settings.timeout)
         window = self._gate.acquire()
@@ -320,9 +215,9 @@ class CloudflareAIHook(BaseHook):
                 )
             ratelimit = parse_ratelimit(response.headers.get("Ratelimit"))
         except requests.exceptions.RequestException as exc:
-            sent = _may_have_been_sent(exc)
-            error = CloudflareAPIError(method, path, None, detail=_describe_transport_error(exc, timeout[1]))
-            raise _AttemptFailed(error, retry_after=None, outcome_unknown=sent) from exc
+            sent = may_have_been_sent(exc)
+            error = CloudflareAPIError(method, path, None, detail=describe_transport_error(exc, timeout[1]))
+            raise AttemptFailed(error, retry_after=None, outcome_unknown=sent) from exc
         finally:
             self._gate.release(window, ratelimit)
         self.log.debug("%s %s -> HTTP %s", method, path, response.status_code)
@@ -340,11 +235,11 @@ class CloudflareAIHook(BaseHook):
                     detail=f"Cloudflare asked to retry after {retry_after:.0f} s",
                 )
             unknown = status in RETRYABLE_STATUSES and status != 429
-            raise _AttemptFailed(error, retry_after=retry_after, outcome_unknown=unknown) from None
+            raise AttemptFailed(error, retry_after=retry_after, outcome_unknown=unknown) from None
 
     def _log_retry(self, state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
-        error = failure.error if isinstance(failure, _AttemptFailed) else failure
+        error = failure.error if isinstance(failure, AttemptFailed) else failure
         if isinstance(error, CloudflareAPIError):
             reason = f"HTTP {error.status}" if error.status else (error.detail or "no response")
         else:
@@ -463,13 +358,15 @@ class CloudflareAIHook(BaseHook):
         def multipart() -> Iterator[tuple[IO[bytes], str]]:
             from requests_toolbelt import MultipartEncoder, MultipartEncoderMonitor
 
+            from airflow_provider_cfai.hooks._transport import ProgressLogger
+
             with opener() as handle:
                 fields = [("file_name", file_name), ("file", (file_name, handle, "application/octet-stream"))]
                 encoder = MultipartEncoder(fields=fields)
                 if size < _PROGRESS_MIN_BYTES:
                     yield encoder, encoder.content_type
                     return
-                progress = _ProgressLogger(self, file_name, encoder.len)
+                progress = ProgressLogger(self.log, file_name, encoder.len)
                 yield MultipartEncoderMonitor(encoder, progress), encoder.content_type
 
         self.log.info("Uploading %s (%d bytes) to finetune %s", file_name, size, finetune_id)
@@ -564,40 +461,6 @@ class CloudflareAIHook(BaseHook):
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def _base_url(conn_id: str, host: str | None, port: int | None, schema: str | None) -> str:
-    host = (host or "").strip()
-    if not host:
-        return DEFAULT_BASE_URL
-    if "://" in host:
-        url = host
-    elif _BARE_HOST.match(host):
-        url = f"https://{host}{f':{port}' if port else ''}/{(schema or 'client/v4').strip('/')}"
-    else:
-        url = ""
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        parts = parts._replace(netloc="")
-    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
-        raise CloudflareConfigError(
-            f"Connection {conn_id!r}: host {host!r} is not a valid API base URL; use e.g. {DEFAULT_BASE_URL}"
-        )
-    if parts.username or parts.password:
-        raise CloudflareConfigError(
-            f"Connection {conn_id!r}: host must not carry credentials; put the API token in the password field."
-        )
-    return url.rstrip("/")
-
-
-def _extras(raw: Mapping[str, Any], conn_type: str) -> dict[str, Any]:
-    """Connection extras, accepting the ``extra__<conn_type>__<field>`` names older UIs wrote."""
-    prefix = f"extra__{conn_type}__"
-    extras = {key.removeprefix(prefix): value for key, value in raw.items() if key.startswith(prefix)}
-    extras.update({key: value for key, value in raw.items() if not key.startswith(prefix)})
-    return {key: value for key, value in extras.items() if value not in (None, "")}
-
-
 def _required(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise CloudflareInputError(f"{name} must be a non-empty string, got {value!r}")
@@ -639,77 +502,3 @@ def _opener(
             raise CloudflareInputError(f"Cannot read upload source {path!r}: {error.strerror}") from None
         return lambda: open(path, "rb"), size
     raise CloudflareInputError(f"source must be a file path or an AdapterFile, got {type(source).__name__}")
-
-
-def _is_retryable(error: BaseException) -> bool:
-    return isinstance(error, _AttemptFailed) and not isinstance(error.error, CloudflarePermanentAPIError)
-
-
-def _wait(state: RetryCallState) -> float:
-    from tenacity import wait_exponential, wait_random
-
-    failure = state.outcome.exception() if state.outcome else None
-    if isinstance(failure, _AttemptFailed) and failure.retry_after is not None:
-        return failure.retry_after
-    return float((wait_exponential(multiplier=0.5, max=30) + wait_random(0, 0.5))(state))
-
-
-def _may_have_been_sent(error: requests.exceptions.RequestException) -> bool:
-    """False only when the request certainly never reached the server (connect failures)."""
-    import requests
-
-    if isinstance(error, requests.exceptions.ConnectTimeout):
-        return False
-    if isinstance(error, requests.exceptions.ConnectionError):
-        reason = getattr(error.args[0], "reason", None) if error.args else None
-        from urllib3.exceptions import NewConnectionError
-
-        return not isinstance(reason, NewConnectionError)
-    return True
-
-
-def _describe_transport_error(error: requests.exceptions.RequestException, read_timeout: float) -> str:
-    import requests
-
-    if isinstance(error, requests.exceptions.ConnectTimeout):
-        return "could not connect (connect timeout)"
-    if isinstance(error, requests.exceptions.ReadTimeout):
-        return f"no response within {read_timeout:.0f} s (read timeout)"
-    if isinstance(error, requests.exceptions.ChunkedEncodingError):
-        return "the connection broke while reading the response"
-    if isinstance(error, requests.exceptions.ConnectionError):
-        return f"connection error ({_root_cause(error)})"
-    return f"{type(error).__name__} ({_root_cause(error)})"
-
-
-def _root_cause(error: BaseException) -> str:
-    # Only exception class names: their texts may carry URLs with proxy credentials.
-    seen = error
-    while seen.__context__ is not None and seen.__context__ is not seen:
-        seen = seen.__context__
-    reason = getattr(error.args[0], "reason", None) if error.args else None
-    names = [type(error).__name__]
-    if reason is not None:
-        names.append(type(reason).__name__)
-    if seen is not error:
-        names.append(type(seen).__name__)
-    return " ← ".join(dict.fromkeys(names))
-
-
-class _ProgressLogger:
-    """Logs an upload's progress at most every 10 %."""
-
-    def __init__(self, hook: CloudflareAIHook, file_name: str, total: int) -> None:
-        self._hook, self._file_name, self._total = hook, file_name, max(total, 1)
-        self._next = 10
-        self._started = time.monotonic()
-
-    def __call__(self, monitor: Any) -> None:
-        percent = monitor.bytes_read * 100 // self._total
-        if percent < self._next:
-            return
-        self._next = (percent // 10 + 1) * 10
-        elapsed = max(time.monotonic() - self._started, 1e-6)
-        self._hook.log.info(
-            "%s: %d%% uploaded (%.1f MiB/s)", self._file_name, percent, monitor.bytes_read / elapsed / 2**20
-        )

@@ -115,3 +115,25 @@ def test_public_finetunes_page_until_a_short_page(hook: Any, emulator: Any) -> N
     assert all(f["public"] and f["name"].startswith("cf-public-") for f in everything)
     pages = [r for r in emulator.state()["requests"] if r["path"].rstrip("/").endswith("/finetunes/public")]
     assert len(pages) == 1 + 3  # one direct call, then 20 + 20 + 5
+
+
+@pytest.mark.parametrize("kind", ["memory-url", "object-storage-path"])
+def test_adapter_in_object_storage_uploads_the_same_bytes(
+    hook: Any, emulator: Any, tmp_path: Path, kind: str
+) -> None:
+    import fsspec
+    from airflow.sdk import ObjectStoragePath
+
+    local = write_lora_adapter(tmp_path / "a")
+    memory = fsspec.filesystem("memory")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        memory.pipe(f"/{kind}/{name}", (local / name).read_bytes())
+    # Airflow's ObjectStoragePath knows only the schemes providers register; file:// is built in.
+    source = f"memory://{kind}" if kind == "memory-url" else ObjectStoragePath(f"file://{local}")
+    finetune = hook.create_finetune(MODEL, kind)
+
+    hook.upload_adapter(finetune["id"], source)
+
+    assets = emulator.finetunes()[0]["assets"]
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert assets[name]["sha256"] == hashlib.sha256((local / name).read_bytes()).hexdigest()
