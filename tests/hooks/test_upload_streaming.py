@@ -118,9 +118,7 @@ def test_public_finetunes_page_until_a_short_page(hook: Any, emulator: Any) -> N
 
 
 @pytest.mark.parametrize("kind", ["memory-url", "object-storage-path"])
-def test_adapter_in_object_storage_uploads_the_same_bytes(
-    hook: Any, emulator: Any, tmp_path: Path, kind: str
-) -> None:
+def test_adapter_in_object_storage_uploads_the_same_bytes(hook: Any, emulator: Any, tmp_path: Path, kind: str) -> None:
     import fsspec
     from airflow.sdk import ObjectStoragePath
 
