@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
@@ -282,8 +282,8 @@ class CloudflareAIHook(BaseHook):
                 self.log.info("Finetune %s (%s) was created by an earlier attempt", found.get("id"), name)
             return found
 
-        result = self._request("POST", f"{self._account(account_id)}/ai/finetunes", json=body, recover=recover)
-        return _as_object(result, "POST", "/ai/finetunes")
+        path = f"{self._account(account_id)}/ai/finetunes"
+        return _as_object(self._request("POST", path, json=body, recover=recover), "POST", path)
 
     def list_finetunes(self, *, account_id: str | None = None) -> list[dict[str, Any]]:
         """List the account's finetunes as a flat list.
@@ -301,13 +301,11 @@ class CloudflareAIHook(BaseHook):
         for finetune in finetunes:
             if finetune.get("id") == name_or_id:
                 return finetune
-        named = [f for f in finetunes if f.get("name") == name_or_id]
-        return min(named, key=lambda f: str(f.get("created_at", ""))) if named else None
+        return _oldest(f for f in finetunes if f.get("name") == name_or_id)
 
     def _find_exact(self, name: str, model: str, *, account_id: str | None) -> dict[str, Any] | None:
-        named = [f for f in self.list_finetunes(account_id=account_id) if f.get("name") == name]
-        matching = [f for f in named if f.get("model") == model]
-        return min(matching, key=lambda f: str(f.get("created_at", ""))) if matching else None
+        finetunes = self.list_finetunes(account_id=account_id)
+        return _oldest(f for f in finetunes if f.get("name") == name and f.get("model") == model)
 
     def list_public_finetunes(
         self, *, limit: int = 20, offset: int = 0, order_by: str | None = None
@@ -424,15 +422,17 @@ class CloudflareAIHook(BaseHook):
         """Verify the API token: the account-token endpoint first, then the user-token one."""
         if not self.settings.token:
             raise CloudflareConfigError("Token verification needs an API token; this connection uses email + api_key")
+        path = f"{self._account(None)}/tokens/verify"
         try:
-            result = self._request("GET", f"{self._account(None)}/tokens/verify")
+            result = self._request("GET", path)
         except CloudflarePermanentAPIError as account_error:
             # Each endpoint rejects the other kind of token, so a refusal here is not final yet.
+            path = "/user/tokens/verify"
             try:
-                result = self._request("GET", "/user/tokens/verify")
+                result = self._request("GET", path)
             except CloudflarePermanentAPIError:
                 raise account_error from None
-        return _as_object(result, "GET", "/tokens/verify")
+        return _as_object(result, "GET", path)
 
     def test_connection(self) -> tuple[bool, str]:
         """Check credentials and account read-only; never raises and never echoes a secret."""
@@ -465,6 +465,11 @@ def _required(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise CloudflareInputError(f"{name} must be a non-empty string, got {value!r}")
     return value.strip()
+
+
+def _oldest(finetunes: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The earliest-created finetune, for accounts where a name was registered more than once."""
+    return min(finetunes, key=lambda f: str(f.get("created_at", "")), default=None)
 
 
 def _as_object(result: Any, method: str, path: str) -> dict[str, Any]:
