@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,12 +15,14 @@ from airflow_provider_cfai.exceptions import CloudflareConfigError
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
-DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+DEFAULT_API_PATH = "client/v4"
+DEFAULT_BASE_URL = f"https://api.cloudflare.com/{DEFAULT_API_PATH}"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_RETRY_BUDGET = 180.0
 _ACCOUNT_ID = re.compile(r"^[0-9a-fA-F]{32}$")
-_BARE_HOST = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?$")
+_HOST_NAME = re.compile(r"^([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|[0-9A-Fa-f:.]+)$")  # a DNS name, IPv4 or IPv6
+_API_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)*/?$")  # no empty segments, no ports or schemes mistyped into it
 
 
 @dataclass(frozen=True)
@@ -97,13 +100,34 @@ def _number(conn_id: str, overrides: Mapping[str, Any], extras: Mapping[str, Any
     value = overrides.get(key)
     if value is None:
         value = extras.get(key, default)
+    zero_allowed = key != "timeout"
+    kind = "a non-negative" if zero_allowed else "a positive"
+    if key == "max_retries":
+        kind += " whole"
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if number < 0 or (key == "timeout" and number == 0):
-        raise CloudflareConfigError(f"Connection {conn_id!r}: extra {key!r} must be a positive number, got {value!r}.")
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0 or (number == 0 and not zero_allowed):
+        raise CloudflareConfigError(f"Connection {conn_id!r}: extra {key!r} must be {kind} number, got {value!r}.")
+    if key == "max_retries" and not number.is_integer():
+        raise CloudflareConfigError(f"Connection {conn_id!r}: extra {key!r} must be {kind} number, got {value!r}.")
     return number
+
+
+def missing_connection_error(conn_id: str, conn_type: str, error: Exception) -> CloudflareConfigError | None:
+    """A permanent error for a connection ID that does not exist, or ``None`` for any other failure.
+
+    Airflow raises its not-found error (from ``airflow.exceptions`` or ``airflow.sdk.exceptions``,
+    depending on the version), which Airflow would retry with the task's delay: a typo never heals.
+    """
+    if not any(cls.__name__ == "AirflowNotFoundException" for cls in type(error).__mro__):
+        return None
+    return CloudflareConfigError(
+        f"Airflow connection {conn_id!r} does not exist. Check the task's cloudflare_conn_id for a typo, or "
+        f"create it, e.g. `airflow connections add {conn_id} --conn-type {conn_type} --conn-login <account id> "
+        f"--conn-password <api token>` or an AIRFLOW_CONN_{conn_id.upper()} environment variable."
+    )
 
 
 def checked_account_id(account_id: str) -> str:
@@ -117,29 +141,62 @@ def checked_account_id(account_id: str) -> str:
 
 
 def _base_url(conn_id: str, host: str | None, port: int | None, schema: str | None) -> str:
+    """The API base URL from the connection's host, port and schema, read the same way for every form.
+
+    ``host`` may be a bare host name or a URL; a port or path it carries wins over the ``port`` and
+    ``schema`` fields only when those are empty, so the URI form
+    ``cloudflare-ai://http://<account>:<token>@127.0.0.1:8787/client/v4`` (which Airflow stores as host
+    ``http://127.0.0.1``, port 8787, schema ``client/v4``) and the JSON form with a full URL in
+    ``host`` give the same base URL.
+    """
     host = (host or "").strip()
+    schema = (schema or "").strip().strip("/")
     if not host:
+        if port or schema:
+            raise CloudflareConfigError(
+                f"Connection {conn_id!r}: port or schema is set but host is empty; set host to the API "
+                f"base URL, e.g. {DEFAULT_BASE_URL}"
+            )
         return DEFAULT_BASE_URL
-    if "://" in host:
-        url = host
-    elif _BARE_HOST.match(host):
-        url = f"https://{host}{f':{port}' if port else ''}/{(schema or 'client/v4').strip('/')}"
-    else:
-        url = ""
-    parts = urlsplit(url)
+    parts = urlsplit(host if "://" in host else f"https://{host}")
+    invalid = CloudflareConfigError(
+        f"Connection {conn_id!r}: host {host!r} is not a valid API base URL; use e.g. {DEFAULT_BASE_URL} "
+        "or api.cloudflare.com"
+    )
     try:
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
+        host_port = parts.port
     except ValueError:
-        parts = parts._replace(netloc="")
-    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
-        raise CloudflareConfigError(
-            f"Connection {conn_id!r}: host {host!r} is not a valid API base URL; use e.g. {DEFAULT_BASE_URL}"
-        )
+        raise invalid from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not _HOST_NAME.match(parts.hostname)
+        or not _API_PATH.match(parts.path)
+        or parts.query
+        or parts.fragment
+    ):
+        raise invalid
     if parts.username or parts.password:
         raise CloudflareConfigError(
             f"Connection {conn_id!r}: host must not carry credentials; put the API token in the password field."
         )
-    return url.rstrip("/")
+    if host_port is not None and port and host_port != port:
+        raise CloudflareConfigError(
+            f"Connection {conn_id!r}: host {host!r} names port {host_port} but the port field says {port}; "
+            "keep one of them."
+        )
+    host_path = parts.path.strip("/")
+    if host_path and schema and host_path != schema:
+        raise CloudflareConfigError(
+            f"Connection {conn_id!r}: host {host!r} names path /{host_path} but the schema field says "
+            f"{schema!r}; keep one of them."
+        )
+    netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    effective_port = host_port or port
+    if effective_port:
+        netloc += f":{effective_port}"
+    path = host_path or schema or DEFAULT_API_PATH
+    return f"{parts.scheme}://{netloc}/{path}"
 
 
 def _extras(raw: Mapping[str, Any], conn_type: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Cloudflare's edge can answer with its JSON envelope, an HTML error page, or nothing a client can
 parse; a 200 can still say ``"success": false``. Every shape ends here as a result or one error
-type, never as a bare ``KeyError``/``JSONDecodeError``.
+type, never as a bare ``KeyError``/``JSONDecodeError``. Which error type a status gets is the
+policy's call (:func:`airflow_provider_cfai.policy.error_class`). Both transports use this module.
 """
 
 from __future__ import annotations
@@ -10,35 +11,32 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from airflow_provider_cfai.exceptions import (
-    CloudflareAPIError,
-    CloudflareAuthError,
-    CloudflarePermanentAPIError,
-)
-
-if TYPE_CHECKING:
-    import requests
-
-#: Statuses worth another attempt: the same request may well succeed later.
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 525, 526, 530})
+from airflow_provider_cfai.exceptions import CloudflarePermanentAPIError
+from airflow_provider_cfai.policy import error_class
 
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _TAGS = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
 
 
-def error_class(status: int | None) -> type[CloudflareAPIError]:
-    """The exception class for an HTTP status: permanent unless a retry could help."""
-    if status in (401, 403):
-        return CloudflareAuthError
-    if status is None or status in RETRYABLE_STATUSES or status >= 500:
-        return CloudflareAPIError
-    return CloudflarePermanentAPIError
+class HTTPResponse(Protocol):
+    """What both transports' responses offer (``requests.Response``, ``httpx.Response``)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
 
 
-def _summarise_text(response: requests.Response) -> str:
+def _summarise_text(response: HTTPResponse) -> str:
     content_type = response.headers.get("Content-Type", "unknown content type").split(";")[0]
     text = response.text or ""
     title = _TITLE.search(text)
@@ -56,7 +54,7 @@ def _error_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [dict(item) if isinstance(item, Mapping) else {"message": str(item)} for item in items]
 
 
-def unwrap(response: requests.Response, method: str, path: str) -> Any:
+def unwrap(response: HTTPResponse, method: str, path: str) -> Any:
     """Return the envelope's ``result`` (``None`` for bodies that have none) or raise."""
     status = response.status_code
     try:
@@ -65,7 +63,8 @@ def unwrap(response: requests.Response, method: str, path: str) -> Any:
         body = None
     if not isinstance(body, Mapping):
         detail = _summarise_text(response) if body is None else f"unexpected JSON body: {json.dumps(body)[:200]}"
-        raise error_class(status if status >= 300 else 502)(method, path, status, detail=detail)
+        # An unreadable success is the edge misbehaving, not an answer: classed like "no response".
+        raise error_class(status if status >= 300 else None)(method, path, status, detail=detail)
     errors = _error_items(body)
     if status >= 300:
         raise error_class(status)(method, path, status, errors, detail=None if errors else "no error details")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -56,16 +57,28 @@ def may_have_been_sent(error: requests.exceptions.RequestException) -> bool:
     return True
 
 
-def describe_transport_error(error: requests.exceptions.RequestException, read_timeout: float) -> str:
+def origin(base_url: str) -> str:
+    """``scheme://host:port`` of a URL: where a request went, without path, query or credentials."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def describe_transport_error(error: requests.exceptions.RequestException, read_timeout: float, base_url: str) -> str:
+    """What went wrong and where, so a wrong base URL is obvious from the message alone."""
+    where = origin(base_url)
     if isinstance(error, requests.exceptions.ConnectTimeout):
-        return "could not connect (connect timeout)"
+        return f"could not connect to {where} (connect timeout)"
     if isinstance(error, requests.exceptions.ReadTimeout):
-        return f"no response within {read_timeout:.0f} s (read timeout)"
+        return f"no response from {where} within {read_timeout:.0f} s (read timeout)"
     if isinstance(error, requests.exceptions.ChunkedEncodingError):
-        return "the connection broke while reading the response"
+        return f"the connection to {where} broke while reading the response"
     if isinstance(error, requests.exceptions.ConnectionError):
-        return f"connection error ({_root_cause(error)})"
-    return f"{type(error).__name__} ({_root_cause(error)})"
+        return f"connection error talking to {where} ({_root_cause(error)})"
+    return f"{type(error).__name__} talking to {where} ({_root_cause(error)})"
 
 
 def _root_cause(error: BaseException) -> str:

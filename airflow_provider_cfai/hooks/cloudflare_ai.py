@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
@@ -19,10 +20,23 @@ from airflow_provider_cfai.exceptions import (
     CloudflareInputError,
     CloudflarePermanentAPIError,
 )
-from airflow_provider_cfai.hooks._connection import ConnectionSettings, checked_account_id, read_settings
-from airflow_provider_cfai.hooks._pacing import RateLimitGate, gate_for, parse_ratelimit, parse_retry_after
-from airflow_provider_cfai.hooks._responses import RETRYABLE_STATUSES, unwrap
-from airflow_provider_cfai.hooks._retry import AttemptFailed, is_retryable, wait_before_retry
+from airflow_provider_cfai.hooks._connection import (
+    ConnectionSettings,
+    checked_account_id,
+    missing_connection_error,
+    read_settings,
+)
+from airflow_provider_cfai.hooks._pacing import RateLimitGate, gate_for
+from airflow_provider_cfai.hooks._responses import unwrap
+from airflow_provider_cfai.policy import (
+    AttemptFailed,
+    RetryController,
+    RetryPolicy,
+    after_status,
+    after_transport_failure,
+    asset_already_uploaded,
+    parse_ratelimit,
+)
 
 if TYPE_CHECKING:
     import requests
@@ -45,14 +59,16 @@ class CloudflareAIHook(BaseHook):
     point it at the emulator). Extras ``timeout``, ``max_retries``, ``retry_budget`` (seconds),
     ``proxies`` and ``verify`` tune the transport.
 
-    Every call goes through one retry policy: 429 waits ``Retry-After``; 5xx, 408, dropped
-    connections and timeouts back off exponentially with jitter; other 4xx fail at once. A create
-    whose outcome is unknown is never re-sent blindly: the hook looks the name up first.
+    Every call follows :mod:`airflow_provider_cfai.policy`: 429 waits ``Retry-After``; 5xx, 408,
+    dropped connections and timeouts back off exponentially with jitter; other 4xx fail at once;
+    ``retry_budget`` bounds the time spent waiting between attempts. A create whose outcome is
+    unknown is never re-sent blindly: the hook looks the name up first.
 
     :param cloudflare_conn_id: the Airflow connection to use.
     :param timeout: overrides the connection's ``timeout`` extra (seconds per request).
     :param max_retries: overrides the connection's ``max_retries`` extra.
-    :param retry_budget: overrides the connection's ``retry_budget`` extra (seconds for all retries).
+    :param retry_budget: overrides the connection's ``retry_budget`` extra (seconds one call may
+        spend waiting between attempts).
     """
 
     conn_name_attr = "cloudflare_conn_id"
@@ -72,6 +88,11 @@ class CloudflareAIHook(BaseHook):
         super().__init__(**kwargs)
         self.cloudflare_conn_id = cloudflare_conn_id
         self._overrides = {"timeout": timeout, "max_retries": max_retries, "retry_budget": retry_budget}
+        # Replaced by tests to wait on a fake clock.
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(cloudflare_conn_id={self.cloudflare_conn_id!r})"
 
     # -- connection form (Airflow 3.1; 3.2+ reads the same from get_provider_info) ------------------
 
@@ -112,7 +133,13 @@ class CloudflareAIHook(BaseHook):
     @cached_property
     def settings(self) -> ConnectionSettings:
         """The checked connection settings (read on first use, never at construction)."""
-        conn = self.get_connection(self.cloudflare_conn_id)
+        try:
+            conn = self.get_connection(self.cloudflare_conn_id)
+        except Exception as error:
+            missing = missing_connection_error(self.cloudflare_conn_id, self.conn_type, error)
+            if missing is None:
+                raise
+            raise missing from None
         return read_settings(conn, self.cloudflare_conn_id, self.conn_type, self._overrides)
 
     def _account(self, account_id: str | None) -> str:
@@ -160,16 +187,18 @@ class CloudflareAIHook(BaseHook):
         """Send one API call under the retry policy and return the envelope's ``result``.
 
         :param recover: for non-idempotent calls: after an attempt whose outcome is unknown (the
-            request may have been applied), called before trying again; a non-``None`` return value
-            is taken as the call's result instead of re-sending.
+            request may have been applied), called before trying again, as part of the same attempt
+            and the same waiting budget; a non-``None`` return value is taken as the call's result
+            instead of re-sending. It must make single attempts (``_send``), never retry on its own.
         """
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
+        from tenacity import Retrying
 
-        settings = self.settings
+        control = RetryController(RetryPolicy(self.settings.max_retries, self.settings.retry_budget))
         retrying = Retrying(
-            stop=stop_after_attempt(settings.max_retries + 1) | stop_before_delay(settings.retry_budget),
-            wait=wait_before_retry,
-            retry=retry_if_exception(is_retryable),
+            retry=control.retry,
+            stop=control.stop,
+            wait=control.wait,
+            sleep=self._sleep,
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -177,11 +206,11 @@ class CloudflareAIHook(BaseHook):
         try:
             for attempt in retrying:
                 with attempt:
-                    if outcome_unknown and recover is not None:
-                        recovered = recover()
-                        if recovered is not None:
-                            return recovered
                     try:
+                        if outcome_unknown and recover is not None:
+                            recovered = recover()
+                            if recovered is not None:
+                                return recovered
                         return self._send(method, path, json=json, params=params, upload=upload)
                     except AttemptFailed as failed:
                         outcome_unknown = outcome_unknown or failed.outcome_unknown
@@ -195,47 +224,43 @@ class CloudflareAIHook(BaseHook):
         method: str,
         path: str,
         *,
-        json: Any,
-        params: Mapping[str, Any] | None,
-        upload: Callable[[], contextlib.AbstractContextManager[tuple[IO[bytes], str]]] | None,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        upload: Callable[[], contextlib.AbstractContextManager[tuple[IO[bytes], str]]] | None = None,
     ) -> Any:
+        """One attempt: the answer's ``result``, or :class:`AttemptFailed` saying what the policy needs."""
         import requests
 
         from airflow_provider_cfai.hooks._transport import describe_transport_error, may_have_been_sent
 
-        url = self.settings.base_url + path
-        timeout = (min(_CONNECT_TIMEOUT, self.settings.timeout), self.settings.timeout)
+        settings = self.settings
+        timeout = (min(_CONNECT_TIMEOUT, settings.timeout), settings.timeout)
         window = self._gate.acquire()
         ratelimit = None
         try:
             with upload() if upload is not None else contextlib.nullcontext((None, None)) as (body, ctype):
                 headers = {"Content-Type": ctype} if ctype else None
                 response = self.session.request(
-                    method, url, json=json, params=params, data=body, headers=headers, timeout=timeout
+                    method,
+                    settings.base_url + path,
+                    json=json,
+                    params=params,
+                    data=body,
+                    headers=headers,
+                    timeout=timeout,
                 )
             ratelimit = parse_ratelimit(response.headers.get("Ratelimit"))
         except requests.exceptions.RequestException as exc:
-            sent = may_have_been_sent(exc)
-            error = CloudflareAPIError(method, path, None, detail=describe_transport_error(exc, timeout[1]))
-            raise AttemptFailed(error, retry_after=None, outcome_unknown=sent) from exc
+            detail = describe_transport_error(exc, timeout[1], settings.base_url)
+            error = CloudflareAPIError(method, path, None, detail=detail)
+            raise after_transport_failure(error, connected=may_have_been_sent(exc)) from exc
         finally:
             self._gate.release(window, ratelimit)
         self.log.debug("%s %s -> HTTP %s", method, path, response.status_code)
         try:
             return unwrap(response, method, path)
         except CloudflareAPIError as error:
-            status = response.status_code
-            retry_after = parse_retry_after(response.headers.get("Retry-After")) if status == 429 else None
-            if retry_after is not None:
-                error = type(error)(
-                    method,
-                    path,
-                    status,
-                    error.errors,
-                    detail=f"Cloudflare asked to retry after {retry_after:.0f} s",
-                )
-            unknown = status in RETRYABLE_STATUSES and status != 429
-            raise AttemptFailed(error, retry_after=retry_after, outcome_unknown=unknown) from None
+            raise after_status(error, response.headers.get("Retry-After")) from None
 
     def _log_retry(self, state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
@@ -304,7 +329,8 @@ class CloudflareAIHook(BaseHook):
         return _oldest(f for f in finetunes if f.get("name") == name_or_id)
 
     def _find_exact(self, name: str, model: str, *, account_id: str | None) -> dict[str, Any] | None:
-        finetunes = self.list_finetunes(account_id=account_id)
+        # One attempt: this runs inside a create's retry loop, whose budget it must not exceed.
+        finetunes = _flatten(self._send("GET", f"{self._account(account_id)}/ai/finetunes"))
         return _oldest(f for f in finetunes if f.get("name") == name and f.get("model") == model)
 
     def list_public_finetunes(
@@ -371,9 +397,8 @@ class CloudflareAIHook(BaseHook):
         try:
             result = self._request("POST", path, upload=multipart)
         except CloudflarePermanentAPIError as error:
-            if error.status != 409:
+            if not asset_already_uploaded(error):
                 raise
-            # Assets cannot be replaced; a conflict means an earlier run already uploaded this file.
             self.log.warning("Finetune %s already has %s (HTTP 409); keeping it", finetune_id, file_name)
             return None
         return result if isinstance(result, dict) else None
@@ -410,8 +435,13 @@ class CloudflareAIHook(BaseHook):
                 f"inputs must be a mapping such as {{'prompt': '...'}}, got {type(inputs).__name__}"
             )
         body = dict(inputs)
-        if lora:
+        if lora is not None:
             body["lora"] = lora
+        if "lora" in body and (not isinstance(body["lora"], str) or not body["lora"].strip()):
+            # Cloudflare ignores a lora it cannot read and runs the base model: a smoke test would pass.
+            raise CloudflareInputError(
+                f"lora must be a finetune ID or name (a non-empty string) or None, got {body['lora']!r}"
+            )
         path = f"{self._account(account_id)}/ai/run/{quote(model, safe='/@')}"
         result = self._request("POST", path, json=body)
         return result if isinstance(result, dict) else {"result": result}
@@ -448,6 +478,14 @@ class CloudflareAIHook(BaseHook):
                 token_note = "API token active"
             step = "listing finetunes"
             count = len(self.list_finetunes())
+        except CloudflareAPIError as error:
+            if 7003 in error.codes:
+                # "Could not route to /accounts/…": the account part of the path is what is wrong.
+                return False, (
+                    f"Failed while {step}: Cloudflare has no account {self.settings.account_id!r} for this "
+                    f"token ({error}); check the connection's login (the account ID), not the token."
+                )
+            return False, f"Failed while {step}: {error}"
         except CloudflareAIError as error:
             return False, f"Failed while {step}: {error}"
         except Exception as error:

@@ -1,0 +1,194 @@
+"""Reading the Airflow connection: base URL forms, missing connections, extras, error messages."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_cfai.exceptions import AirflowFailException, CloudflareAPIError, CloudflareConfigError
+from airflow_provider_cfai.hooks._connection import _base_url
+from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "schema", "expected"),
+    [
+        pytest.param(None, None, None, "https://api.cloudflare.com/client/v4", id="default"),
+        pytest.param("api.cloudflare.com", None, None, "https://api.cloudflare.com/client/v4", id="bare-host"),
+        pytest.param("api.cloudflare.com", None, "client/v4", "https://api.cloudflare.com/client/v4", id="bare+schema"),
+        pytest.param("http://127.0.0.1", 18787, "client/v4", "http://127.0.0.1:18787/client/v4", id="uri-form"),
+        pytest.param("127.0.0.1", 18787, "client/v4", "https://127.0.0.1:18787/client/v4", id="bare+port"),
+        pytest.param(
+            "http://127.0.0.1:8787/client/v4", None, None, "http://127.0.0.1:8787/client/v4", id="full-url-in-host"
+        ),
+        pytest.param(
+            "http://127.0.0.1:8787/client/v4", 8787, "client/v4", "http://127.0.0.1:8787/client/v4", id="agreeing"
+        ),
+        pytest.param("http://[::1]", 8787, None, "http://[::1]:8787/client/v4", id="ipv6"),
+    ],
+)
+def test_base_url_uses_host_port_and_schema_alike(
+    host: str | None, port: int | None, schema: str | None, expected: str
+) -> None:
+    assert _base_url("c", host, port, schema) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "schema", "expected"),
+    [
+        pytest.param("http://127.0.0.1:8787", 9999, None, "names port 8787 but the port field says 9999", id="ports"),
+        pytest.param("http://h/client/v4", None, "other/v9", "names path /client/v4 but the schema", id="paths"),
+        pytest.param("", 8787, None, "host is empty", id="port-without-host"),
+        pytest.param("http//127.0.0.1:1/x", None, None, "not a valid API base URL", id="typo-scheme"),
+        pytest.param("https://h/client/v4?x=1", None, None, "not a valid API base URL", id="query"),
+    ],
+)
+def test_base_url_refuses_contradictions(host: str, port: int | None, schema: str | None, expected: str) -> None:
+    with pytest.raises(CloudflareConfigError, match=re.escape(expected)):
+        _base_url("c", host, port, schema)
+
+
+def _readme_example(kind: str) -> str:
+    """The connection value in the README's marked ``export AIRFLOW_CONN_...='...'`` example."""
+    text = README.read_text(encoding="utf-8")
+    match = re.search(rf"<!-- conn-example:{kind} -->\s*```console\s*\n(.*?)```", text, re.DOTALL)
+    assert match, f"README.md has no <!-- conn-example:{kind} --> block"
+    export = re.search(r"export (AIRFLOW_CONN_\w+)='([^']+)'", match.group(1))
+    assert export, f"the {kind} example is not an `export AIRFLOW_CONN_...='...'` line"
+    return export.group(2)
+
+
+def _aimed_at(value: str, emulator: Any) -> str:
+    """The README's example with its placeholders filled in for the test emulator."""
+    hostport = emulator.base_url.split("//", 1)[1].split("/", 1)[0]
+    return (
+        value.replace("<account id>", emulator.account_id)
+        .replace("<api token>", emulator.token)
+        .replace("<url-encoded token>", emulator.token)
+        .replace("127.0.0.1:8787", hostport)
+    )
+
+
+@pytest.mark.parametrize("kind", ["uri", "json"])
+def test_readme_connection_examples_reach_the_emulator(
+    kind: str, emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    value = _aimed_at(_readme_example(kind), emulator)
+    assert "127.0.0.1" in value, "the README's emulator example must name 127.0.0.1:8787"
+    monkeypatch.setenv("AIRFLOW_CONN_README_EXAMPLE", value)
+    before = len(emulator.state()["requests"])
+
+    hook = CloudflareAIHook(cloudflare_conn_id="readme_example")
+
+    assert hook.list_finetunes() == []
+    assert hook.settings.base_url == emulator.base_url
+    assert len(emulator.state()["requests"]) == before + 1
+
+
+def test_uri_with_scheme_in_host_keeps_port_and_path(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    hostport = emulator.base_url.split("//", 1)[1].split("/", 1)[0]
+    uri = f"cloudflare-ai://http://{emulator.account_id}:{emulator.token}@{hostport}/client/v4"
+    monkeypatch.setenv("AIRFLOW_CONN_URI_FORM", uri)
+
+    hook = CloudflareAIHook(cloudflare_conn_id="uri_form")
+
+    assert hook.list_finetunes() == []
+    assert hook.settings.base_url == emulator.base_url
+
+
+def test_connection_error_names_where_it_tried(make_hook: Any, emulator: Any) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    hook = make_hook(max_retries=0, host=f"http://127.0.0.1:{port}/client/v4")
+
+    with pytest.raises(CloudflareAPIError) as caught:
+        hook.list_finetunes()
+
+    message = str(caught.value)
+    assert f"http://127.0.0.1:{port}" in message
+    assert emulator.token not in message
+    assert "client/v4" not in message.split("failed", 1)[1]  # the origin only, not the full URL
+
+
+def test_missing_connection_fails_permanently_naming_it(emulator: Any) -> None:
+    hook = CloudflareAIHook(cloudflare_conn_id="cloudflare_ai_typo")
+
+    with pytest.raises(CloudflareConfigError) as caught:
+        hook.list_finetunes()
+
+    assert isinstance(caught.value, AirflowFailException)
+    assert "'cloudflare_ai_typo' does not exist" in str(caught.value)
+    assert "airflow connections add cloudflare_ai_typo" in str(caught.value)
+    assert "AIRFLOW_CONN_CLOUDFLARE_AI_TYPO" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "value", "wording"),
+    [
+        pytest.param("max_retries", "nan", "a non-negative whole number", id="retries-nan"),
+        pytest.param("max_retries", "inf", "a non-negative whole number", id="retries-inf"),
+        pytest.param("max_retries", 2.5, "a non-negative whole number", id="retries-fraction"),
+        pytest.param("max_retries", True, "a non-negative whole number", id="retries-bool"),
+        pytest.param("retry_budget", "nan", "a non-negative number", id="budget-nan"),
+        pytest.param("retry_budget", "-inf", "a non-negative number", id="budget-minus-inf"),
+        pytest.param("timeout", "nan", "a positive number", id="timeout-nan"),
+        pytest.param("timeout", "inf", "a positive number", id="timeout-inf"),
+        pytest.param("timeout", 0, "a positive number", id="timeout-zero"),
+    ],
+)
+def test_non_finite_extras_are_config_errors(
+    make_hook: Any, emulator: Any, extra: str, value: Any, wording: str
+) -> None:
+    hook = make_hook(**{extra: value})
+    before = len(emulator.state()["requests"])
+
+    with pytest.raises(CloudflareConfigError, match=f"extra '{extra}' must be {wording}"):
+        hook.list_finetunes()
+
+    assert len(emulator.state()["requests"]) == before
+
+
+def test_zero_retries_and_zero_budget_are_allowed(make_hook: Any) -> None:
+    hook = make_hook(max_retries=0, retry_budget=0)
+
+    assert hook.list_finetunes() == []
+    assert (hook.settings.max_retries, hook.settings.retry_budget) == (0, 0.0)
+
+
+@pytest.mark.parametrize("lora", [12345, {"id": "x"}, "", "   ", ["a"]], ids=repr)
+def test_run_model_refuses_a_lora_that_is_not_a_name(hook: CloudflareAIHook, emulator: Any, lora: Any) -> None:
+    before = len(emulator.state()["requests"])
+
+    with pytest.raises(AirflowFailException, match="lora must be a finetune ID or name"):
+        hook.run_model("@cf/mistral/mistral-7b-instruct-v0.2-lora", {"prompt": "hi"}, lora=lora)
+
+    assert len(emulator.state()["requests"]) == before
+
+
+def test_run_model_refuses_a_bad_lora_inside_inputs(hook: CloudflareAIHook, emulator: Any) -> None:
+    with pytest.raises(AirflowFailException, match="lora must be a finetune ID or name"):
+        hook.run_model("@cf/mistral/mistral-7b-instruct-v0.2-lora", {"prompt": "hi", "lora": 7})
+
+
+def test_test_connection_blames_the_account_id_for_7003(make_hook: Any, emulator: Any) -> None:
+    ok, message = make_hook(login="f" * 32).test_connection()
+
+    assert not ok
+    assert "check the connection's login (the account ID), not the token" in message
+    assert "[7003]" in message
+    assert emulator.token not in message
+
+
+def test_repr_names_the_connection_not_the_secret(hook: CloudflareAIHook, emulator: Any) -> None:
+    hook.list_finetunes()  # settings (and the token) are loaded
+
+    assert repr(hook) == "CloudflareAIHook(cloudflare_conn_id='cfai_test')"
+    assert emulator.token not in repr(hook) + json.dumps(hook.__dict__, default=repr)

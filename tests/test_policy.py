@@ -1,0 +1,157 @@
+"""The retry policy as a table: status or failure → retried?, permanent class, outcome unknown, wait.
+
+Pure functions: no HTTP, no sleeping. The fault-matrix tests prove the transports follow them.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from airflow_provider_cfai import policy
+from airflow_provider_cfai.exceptions import (
+    AirflowFailException,
+    CloudflareAPIError,
+    CloudflareAuthError,
+    CloudflarePermanentAPIError,
+)
+
+
+def failure_for(status: int | None, retry_after: str | None = None, *, connected: bool = True) -> Any:
+    error = policy.error_class(status)("GET", "/accounts/a/ai/finetunes", status)
+    if status is None:
+        return policy.after_transport_failure(error, connected=connected)
+    return policy.after_status(error, retry_after)
+
+
+@pytest.mark.parametrize(
+    ("status", "retried", "error_class", "outcome_unknown"),
+    [
+        pytest.param(400, False, CloudflarePermanentAPIError, False, id="400-bad-request"),
+        pytest.param(401, False, CloudflareAuthError, False, id="401-auth"),
+        pytest.param(403, False, CloudflareAuthError, False, id="403-permission"),
+        pytest.param(404, False, CloudflarePermanentAPIError, False, id="404-not-found"),
+        pytest.param(405, False, CloudflarePermanentAPIError, False, id="405-no-lora"),
+        pytest.param(409, False, CloudflarePermanentAPIError, False, id="409-conflict"),
+        pytest.param(413, False, CloudflarePermanentAPIError, False, id="413-too-large"),
+        pytest.param(408, True, CloudflareAPIError, True, id="408-timeout"),
+        pytest.param(429, True, CloudflareAPIError, False, id="429-refused-at-the-door"),
+        pytest.param(500, True, CloudflareAPIError, True, id="500"),
+        pytest.param(501, True, CloudflareAPIError, True, id="501"),
+        pytest.param(502, True, CloudflareAPIError, True, id="502"),
+        pytest.param(503, True, CloudflareAPIError, True, id="503"),
+        pytest.param(504, True, CloudflareAPIError, True, id="504"),
+        pytest.param(520, True, CloudflareAPIError, True, id="520-edge"),
+        pytest.param(530, True, CloudflareAPIError, True, id="530-edge"),
+        pytest.param(None, True, CloudflareAPIError, True, id="no-answer-after-connecting"),
+    ],
+)
+def test_status_table(status: int | None, retried: bool, error_class: type, outcome_unknown: bool) -> None:
+    failure = failure_for(status)
+
+    assert type(failure.error) is error_class
+    assert policy.is_retryable(failure) is retried
+    assert isinstance(failure.error, AirflowFailException) is (not retried)
+    assert failure.outcome_unknown is outcome_unknown
+
+
+def test_a_connection_never_made_sent_nothing() -> None:
+    failure = failure_for(None, connected=False)
+
+    assert policy.is_retryable(failure)
+    assert not failure.outcome_unknown
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("7", 7.0), ("0", 0.0), ("-3", 0.0), ("nan", None), ("inf", None), ("soon", None), (None, None)],
+)
+def test_retry_after_is_read_only_from_a_429(header: str | None, expected: float | None) -> None:
+    assert failure_for(429, header).retry_after == expected
+    assert failure_for(503, header).retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("attempt", "expected"), [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (6, 16.0), (7, 30.0), (50, 30.0)]
+)
+def test_backoff_doubles_from_half_a_second_up_to_thirty(attempt: int, expected: float) -> None:
+    assert policy.backoff(attempt) == expected
+
+
+RULES = policy.RetryPolicy(max_retries=3, retry_budget=10.0)
+
+
+@pytest.mark.parametrize(
+    ("failure", "attempt", "waited", "jitter", "expected"),
+    [
+        pytest.param(failure_for(503), 1, 0.0, 0.0, 0.5, id="first-backoff"),
+        pytest.param(failure_for(503), 2, 0.5, 1.0, 1.5, id="backoff-plus-full-jitter"),
+        pytest.param(failure_for(503), 4, 0.0, 0.0, None, id="attempts-used-up"),
+        pytest.param(failure_for(503), 3, 8.5, 0.0, None, id="next-wait-passes-budget"),
+        pytest.param(failure_for(503), 3, 7.9, 0.9, 2.1, id="jitter-clipped-to-budget"),
+        pytest.param(failure_for(429, "4"), 1, 0.0, 0.5, 4.0, id="retry-after-exact-no-jitter"),
+        pytest.param(failure_for(429, "11"), 1, 0.0, 0.0, None, id="retry-after-past-budget"),
+        pytest.param(failure_for(429), 1, 0.0, 0.0, 0.5, id="429-without-retry-after-backs-off"),
+        pytest.param(failure_for(400), 1, 0.0, 0.0, None, id="permanent-never-waits"),
+        pytest.param(ValueError("bug"), 1, 0.0, 0.0, None, id="a-bug-is-not-retried"),
+    ],
+)
+def test_next_wait_table(failure: Any, attempt: int, waited: float, jitter: float, expected: float | None) -> None:
+    wait = RULES.next_wait(failure, attempt_number=attempt, waited=waited, jitter=jitter)
+
+    assert wait == (pytest.approx(expected) if expected is not None else None)
+
+
+def _state(attempt: int, idle_for: float, failure: BaseException | None) -> Any:
+    outcome = SimpleNamespace(exception=lambda: failure)
+    return SimpleNamespace(attempt_number=attempt, idle_for=idle_for, outcome=outcome)
+
+
+def test_controller_decides_once_per_attempt_whatever_tenacity_asks_first() -> None:
+    draws = iter([0.2, 0.9, 0.9])
+    control = policy.RetryController(RULES, jitter=lambda: next(draws))
+    state = _state(1, 0.0, failure_for(503))
+
+    assert control.retry(state)
+    assert control.wait(state) == pytest.approx(0.6)
+    assert not control.stop(state)
+    assert control.wait(state) == pytest.approx(0.6)  # same draw, not a second one
+
+
+def test_controller_stops_when_the_budget_is_spent() -> None:
+    control = policy.RetryController(policy.RetryPolicy(max_retries=5, retry_budget=1.0), jitter=lambda: 0.0)
+
+    assert not control.stop(_state(1, 0.0, failure_for(502)))
+    assert control.stop(_state(2, 0.5, failure_for(502)))  # 1 s more would make 1.5 s
+    assert not control.retry(_state(3, 0.0, failure_for(404)))
+
+
+def _status_decisions(source: str) -> list[int]:
+    """HTTP statuses a module compares against or lists in a literal (docstrings don't count)."""
+    import ast
+
+    found: list[int] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Compare, ast.Set, ast.Tuple, ast.List)):
+            found += [
+                c.value
+                for c in ast.walk(node)
+                if isinstance(c, ast.Constant) and type(c.value) is int and 400 <= c.value <= 599
+            ]
+    return found
+
+
+def test_the_transports_share_one_copy_of_the_status_rules() -> None:
+    import pathlib
+
+    package = pathlib.Path(policy.__file__).parent
+    deciders = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if not {"emulator"} & set(path.parts) and path.name != "testing.py"
+        if _status_decisions(path.read_text())
+    )
+
+    assert deciders == ["policy.py"]
