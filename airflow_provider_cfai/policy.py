@@ -50,7 +50,7 @@ __all__ = [
     "BACKOFF_CAP",
     "BACKOFF_FIRST",
     "JITTER",
-    "RETRYABLE_STATUSES",
+    "RETRYABLE_CLIENT_STATUSES",
     "AttemptFailed",
     "PacingDecision",
     "RetryController",
@@ -70,16 +70,15 @@ __all__ = [
 
 # -- 1 and 2: permanent or retried ------------------------------------------------------------------
 
-#: Statuses worth another attempt: the same request may well succeed later. Every other 5xx is
-#: retried too (see :func:`error_class`); these are listed because 408 and 429 are 4xx.
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 525, 526, 530})
+#: The 4xx statuses worth another attempt (a timeout, a rate limit); every 5xx is retried as well.
+RETRYABLE_CLIENT_STATUSES = frozenset({408, 429})
 
 
 def error_class(status: int | None) -> type[CloudflareAPIError]:
     """The exception class for an HTTP status (``None``: no response arrived)."""
     if status in (401, 403):
         return CloudflareAuthError
-    if status is None or status in RETRYABLE_STATUSES or status >= 500:
+    if status is None or status in RETRYABLE_CLIENT_STATUSES or status >= 500:
         return CloudflareAPIError
     return CloudflarePermanentAPIError
 
