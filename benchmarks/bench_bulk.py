@@ -16,7 +16,8 @@ import threading
 import time
 from typing import Any
 
-from common import CONN_ID, LORA_MODEL, PYTHON, Result, Row, child_env, run_json
+from common import CONN_ID, LORA_MODEL, PYTHON, Result, child_env, run_json
+from table import Figure, Row
 
 THREADS = 8
 WINDOW = 1.0
@@ -35,14 +36,13 @@ def run(emulator: Any, *, smoke: bool) -> Result:
         raise RuntimeError(f"{len(state['finetunes'])} of {n} finetunes created; errors: {out['errors'][:3]}")
 
     floor = (math.ceil(n / limit) - 1) * WINDOW
-    seconds, lockouts = out["seconds"], state["lockouts"]
-    ratio = seconds / floor
+    lockouts = state["lockouts"]
     label = f"{n} creates, {THREADS} threads, limit {limit}/{WINDOW:g} s"
     rows = [
-        Row("4", f"{label}: wall time", f"{seconds:.2f} s", f"floor the limit allows: {floor:.2f} s",
-            f"{ratio:.3f}x", f"≤ {TARGET_RATIO:g}x floor", ratio <= TARGET_RATIO),
-        Row("4", f"{label}: lockouts (429s received)", f"{lockouts} ({state['rate_limited_responses']})", "—", "—",
-            "0 lockouts", lockouts == 0),
+        Row("4", f"{label}: wall time", Figure.seconds(out["seconds"]), anchor=Figure.seconds(floor),
+            anchor_name="floor the limit allows", max_ratio=TARGET_RATIO),
+        Row("4", f"{label}: lockouts (429s received)", f"{lockouts} ({state['rate_limited_responses']})",
+            target="0 lockouts", ok=lockouts == 0),
     ]  # fmt: skip
     return Result(rows)
 

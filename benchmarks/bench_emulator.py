@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from bench_upload import FILE_NAME, curl_upload
-from common import LORA_MODEL, MIB, Result, Row, adapter_file, check_asset, median, mib, ms
+from common import LORA_MODEL, Result, adapter_file, check_asset, median
+from table import MIB, Figure, Row
 
 FINETUNES = 100
 TARGET_LIST = 0.005
@@ -48,11 +49,12 @@ def run(emulator: Any, *, smoke: bool) -> Result:
     check_asset(emulator, finetune_id, FILE_NAME, size, sha256)
     emulator.reset()
 
+    p90 = Figure.ms(sorted(samples)[int(calls * 0.9)])
     rows = [
-        Row("6", f"emulator GET /ai/finetunes, {FINETUNES} finetunes (n={calls})", ms(list_time),
-            f"p90 {ms(sorted(samples)[int(calls * 0.9)])}", "—", f"< {ms(TARGET_LIST)}", list_time < TARGET_LIST),
-        Row("6", f"emulator RSS growth receiving a {size // MIB} MiB upload (curl)", mib(growth), "—", "—",
-            f"≤ {mib(TARGET_RSS)}", growth <= TARGET_RSS),
+        Row("6", f"emulator GET /ai/finetunes, {FINETUNES} finetunes (n={calls}; p90 {p90})", Figure.ms(list_time),
+            max_value=Figure.ms(TARGET_LIST), strict=True),
+        Row("6", f"emulator RSS growth receiving a {size // MIB} MiB upload (curl)", Figure.mib(growth),
+            max_value=Figure.mib(TARGET_RSS)),
     ]  # fmt: skip
     return Result(rows)
 

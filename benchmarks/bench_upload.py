@@ -19,17 +19,15 @@ from typing import Any
 from common import (
     CONN_ID,
     LORA_MODEL,
-    MIB,
     PYTHON,
     Result,
-    Row,
     adapter_file,
     check_asset,
     child_env,
     median,
-    mib,
     run_json,
 )
+from table import MIB, Figure, Row
 
 FILE_NAME = "adapter_model.safetensors"
 TARGET_RSS = 32 * MIB
@@ -71,14 +69,13 @@ def run(emulator: Any, *, smoke: bool) -> Result:
             check_asset(emulator, finetune_id, FILE_NAME, size, sha256)
     emulator.reset()  # frees the stored copies
 
-    ratio = median(h / c for h, c in zip(hook_times, curl_times, strict=True))
-    growth = max(growths)
+    paired = median(h / c for h, c in zip(hook_times, curl_times, strict=True))
     label = f"upload {size // MIB} MiB adapter (n={runs})"
     rows = [
-        Row("3", f"{label}: hook peak RSS growth (worst run)", mib(growth), "—", "—", f"≤ {mib(TARGET_RSS)}",
-            growth <= TARGET_RSS),
-        Row("3", f"{label}: wall time", f"{median(hook_times):.3f} s", f"curl -F: {median(curl_times):.3f} s",
-            f"{ratio:.3f}x", f"≤ {TARGET_RATIO:g}x curl", ratio <= TARGET_RATIO),
+        Row("3", f"{label}: hook peak RSS growth (worst run)", Figure.mib(max(growths)),
+            max_value=Figure.mib(TARGET_RSS)),
+        Row("3", f"{label}: wall time", Figure.seconds(median(hook_times)),
+            anchor=Figure.seconds(median(curl_times)), anchor_name="curl -F", paired=paired, max_ratio=TARGET_RATIO),
     ]  # fmt: skip
     samples = [
         f"3. upload hook (s): {_fmt(hook_times)}; curl (s): {_fmt(curl_times)}; "

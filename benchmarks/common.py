@@ -1,4 +1,7 @@
-"""Shared by the benchmarks: paths, medians, child processes, test data and the results table."""
+"""Shared by the benchmarks: paths, medians, child processes, test data and the report header.
+
+The table itself (rows, figures, ratios, verdicts) is ``table.py``.
+"""
 
 from __future__ import annotations
 
@@ -15,28 +18,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from table import MIB, Row
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 WORK = BENCH_DIR / ".work"
 PYTHON = sys.executable
 CONN_ID = "cfai_bench"
 LORA_MODEL = "@cf/mistral/mistral-7b-instruct-v0.2-lora"
-MIB = 2**20
 # Child processes must not pick these up: the SDK adds X-Auth-* headers from them, Airflow its config.
 _SCRUBBED_ENV = ("CLOUDFLARE_API_KEY", "CLOUDFLARE_EMAIL", "CLOUDFLARE_API_USER_SERVICE_KEY", "CLOUDFLARE_BASE_URL")
-
-
-@dataclasses.dataclass
-class Row:
-    """One line of the results table; ``ok`` is None for figures reported without a target."""
-
-    bench: str
-    figure: str
-    value: str
-    anchor: str = "—"
-    ratio: str = "—"
-    target: str = "—"
-    ok: bool | None = None
 
 
 @dataclasses.dataclass
@@ -48,14 +39,6 @@ class Result:
 
 def median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f} ms"
-
-
-def mib(n_bytes: float) -> str:
-    return f"{n_bytes / MIB:.1f} MiB"
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -111,18 +94,6 @@ def check_asset(emulator: Any, finetune_id: str, file_name: str, size: int, sha2
 
 
 # -- report ------------------------------------------------------------------------------------------
-
-
-def render_table(rows: Sequence[Row]) -> str:
-    lines = [
-        "| # | figure | ours | anchor (same run) | ratio | target | ✓/✗ |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        mark = "" if row.ok is None else ("✓" if row.ok else "✗")
-        cells = [row.bench, row.figure, row.value, row.anchor, row.ratio, row.target, mark]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
 
 
 def _cpu_model() -> str:

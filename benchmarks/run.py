@@ -5,6 +5,9 @@
 
 Timing targets are relative to anchors measured in the same run, so a slow or noisy machine shifts
 both sides; smoke mode reports them but never fails on them (its samples are too few to judge).
+Every ratio in the table is the printed "ours" figure divided by the printed anchor, and targets are
+judged on printed figures (``table.py`` says how); ``README.md`` beside this file says how to add a
+benchmark or a row.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import bench_e2e
 import bench_emulator
 import bench_import
 import bench_upload
-from common import BENCH_DIR, CONN_ID, ROOT, WORK, Row, machine_header, render_table
+from common import BENCH_DIR, CONN_ID, ROOT, WORK, machine_header
+from table import Row, render_table
 
 BENCHES = {
     "1": ("import", bench_import),
@@ -70,7 +74,7 @@ def main() -> int:
             except Exception:
                 traceback.print_exc()
                 broken.append(f"{number}. {name}")
-                rows.append(Row(number, f"{name}: benchmark failed (see log)", "ERROR", ok=False))
+                rows.append(Row(number, f"{name}: benchmark failed (see log)", "ERROR", target="runs", ok=False))
                 continue
             finally:
                 emulator.reset(settings=True)
@@ -97,7 +101,7 @@ def main() -> int:
 
     if broken:
         return 1
-    missed = [row for row in rows if row.ok is False]
+    missed = [row for row in rows if row.verdict is False]
     if missed and not args.smoke:
         print(f"{len(missed)} target(s) missed: " + "; ".join(f"{r.bench}. {r.figure}" for r in missed))
         return 1

@@ -55,40 +55,54 @@ def test_base_url_refuses_contradictions(host: str, port: int | None, schema: st
         _base_url("c", host, port, schema)
 
 
-def _readme_example(kind: str) -> str:
-    """The connection value in the README's marked ``export AIRFLOW_CONN_...='...'`` example."""
+def _readme_examples() -> list[tuple[str, str]]:
+    """Every ``export AIRFLOW_CONN_...='...'`` example the README marks with ``<!-- conn-example:KIND -->``."""
     text = README.read_text(encoding="utf-8")
-    match = re.search(rf"<!-- conn-example:{kind} -->\s*```console\s*\n(.*?)```", text, re.DOTALL)
-    assert match, f"README.md has no <!-- conn-example:{kind} --> block"
-    export = re.search(r"export (AIRFLOW_CONN_\w+)='([^']+)'", match.group(1))
-    assert export, f"the {kind} example is not an `export AIRFLOW_CONN_...='...'` line"
-    return export.group(2)
+    blocks = re.findall(r"<!-- conn-example:(\w+) -->\s*```console\s*\n(.*?)```", text, re.DOTALL)
+    examples = []
+    for kind, block in blocks:
+        export = re.search(r"export AIRFLOW_CONN_\w+='([^']+)'", block)
+        assert export, f"a {kind} example is not an `export AIRFLOW_CONN_...='...'` line"
+        examples.append((kind, export.group(1)))
+    return examples
 
 
-def _aimed_at(value: str, emulator: Any) -> str:
-    """The README's example with its placeholders filled in for the test emulator."""
+README_EXAMPLES = _readme_examples()
+
+
+def test_readme_shows_uri_and_json_for_cloudflare_and_the_emulator() -> None:
+    kinds = sorted((kind, "127.0.0.1:8787" in value) for kind, value in README_EXAMPLES)
+
+    assert kinds == [("json", False), ("json", True), ("uri", False), ("uri", True)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"), README_EXAMPLES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(README_EXAMPLES)]
+)
+def test_readme_connection_examples_parse_and_reach_their_server(
+    kind: str, value: str, emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hostport = emulator.base_url.split("//", 1)[1].split("/", 1)[0]
-    return (
+    local = "127.0.0.1:8787" in value
+    filled = (
         value.replace("<account id>", emulator.account_id)
         .replace("<api token>", emulator.token)
         .replace("<url-encoded token>", emulator.token)
+        .replace("<token>", emulator.token)
         .replace("127.0.0.1:8787", hostport)
     )
-
-
-@pytest.mark.parametrize("kind", ["uri", "json"])
-def test_readme_connection_examples_reach_the_emulator(
-    kind: str, emulator: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    value = _aimed_at(_readme_example(kind), emulator)
-    assert "127.0.0.1" in value, "the README's emulator example must name 127.0.0.1:8787"
-    monkeypatch.setenv("AIRFLOW_CONN_README_EXAMPLE", value)
+    assert "<" not in filled, f"unfilled placeholder in the README's {kind} example: {value}"
+    monkeypatch.setenv("AIRFLOW_CONN_README_EXAMPLE", filled)
     before = len(emulator.state()["requests"])
 
     hook = CloudflareAIHook(cloudflare_conn_id="readme_example")
 
-    assert hook.list_finetunes() == []
+    assert (hook.settings.account_id, hook.settings.token) == (emulator.account_id, emulator.token)
+    if not local:
+        assert hook.settings.base_url == "https://api.cloudflare.com/client/v4"
+        return
     assert hook.settings.base_url == emulator.base_url
+    assert hook.list_finetunes() == []
     assert len(emulator.state()["requests"]) == before + 1
 
 
