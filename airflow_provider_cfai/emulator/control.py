@@ -70,8 +70,12 @@ def build_control_router(state: EmulatorState) -> APIRouter:
             raise ControlError(str(exc)) from None
 
     @router.get("/faults")
-    async def list_faults() -> Response:
-        return json_response(state.faults())
+    async def list_faults(request: Request) -> Response:
+        # ?all=true adds spent and cleared rules, so a test can read how often each one fired.
+        flag = request.query_params.get("all", "false")
+        if flag not in ("true", "false"):
+            raise ControlError("all must be true or false")
+        return json_response(state.faults(include_spent=flag == "true"))
 
     @router.post("/faults")
     async def add_fault(request: Request) -> Response:

@@ -1,4 +1,8 @@
-"""Fault rules: "the next N calls matching METHOD and PATH misbehave like this"."""
+"""Fault rules: "the next N calls matching METHOD and PATH misbehave like this".
+
+A rule may also name ``request_body``, a regular expression the request's body must match: the Batch
+API submits and polls with POSTs to one URL, told apart only by their bodies.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Any
 __all__ = ["ACTIONS", "FaultRule", "parse_fault"]
 
 ACTIONS = ("respond", "drop", "drop_after_commit", "delay_after_commit")
-_KEYS = frozenset({"method", "path", "times", "action", "status", "body", "html", "headers", "delay"})
+_KEYS = frozenset({"method", "path", "times", "action", "status", "body", "html", "headers", "delay", "request_body"})
 _ids = itertools.count(1)
 
 _HTML_PAGE = """<!DOCTYPE html>
@@ -57,8 +61,23 @@ class FaultRule:
     html: bool
     headers: dict[str, str]
     delay: float
+    # Requests this rule has taken, so a test can prove its fault really happened.
+    fired: int = 0
+    request_body: str | None = None
+    body_pattern: re.Pattern[str] | None = None
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: bytes | None = None) -> bool:
+        if not self._call_matches(method, path):
+            return False
+        if self.body_pattern is None:
+            return True
+        return body is not None and self.body_pattern.search(body.decode("utf-8", "replace")) is not None
+
+    def wants_body(self, method: str, path: str) -> bool:
+        """Whether deciding this rule for such a call needs the request body read first."""
+        return self.body_pattern is not None and self._call_matches(method, path)
+
+    def _call_matches(self, method: str, path: str) -> bool:
         return self.times > 0 and self.method in ("*", method) and self.pattern.search(path) is not None
 
     def describe(self) -> dict[str, Any]:
@@ -73,6 +92,8 @@ class FaultRule:
             "html": self.html,
             "headers": self.headers,
             "delay": self.delay,
+            "fired": self.fired,
+            "request_body": self.request_body,
         }
 
     def render(self) -> tuple[bytes, str]:
@@ -131,6 +152,13 @@ def parse_fault(spec: object) -> FaultRule:
     delay = spec.get("delay", 0)
     if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
         raise ValueError("delay must be a number of seconds >= 0")
+    request_body = spec.get("request_body")
+    if request_body is not None and not isinstance(request_body, str):
+        raise ValueError("request_body must be a regular expression string or null")
+    try:
+        body_pattern = re.compile(request_body) if request_body is not None else None
+    except re.error as exc:
+        raise ValueError(f"request_body is not a valid regular expression: {exc}") from None
     return FaultRule(
         id=next(_ids),
         method=method.upper(),
@@ -143,4 +171,6 @@ def parse_fault(spec: object) -> FaultRule:
         html=html,
         headers=dict(headers),
         delay=float(delay),
+        request_body=request_body,
+        body_pattern=body_pattern,
     )

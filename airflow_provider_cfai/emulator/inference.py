@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cfai.emulator import models
 from airflow_provider_cfai.emulator.envelope import ApiError
 
 if TYPE_CHECKING:
@@ -17,6 +18,8 @@ __all__ = ["run_model"]
 
 
 def run_model(state: EmulatorState, model: str, body: dict[str, Any]) -> dict[str, Any]:
+    if model not in models.catalog_for(state.settings).names:
+        raise ApiError(400, 5007, f"No such model {model} or task")
     prompt = _prompt_of(body)
     label = model
     lora = body.get("lora")

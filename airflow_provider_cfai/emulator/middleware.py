@@ -62,7 +62,12 @@ class EmulatorMiddleware:
         template = self.resolve_route(scope)
         route = template[len(API_PREFIX) :] if template else None
         status: list[int | None] = [None]
-        fault = self.state.take_fault(method, sub_path)
+        # Dropping the connection reaches the socket through uvicorn's own ``receive``.
+        socket_receive = receive
+        body = None
+        if self.state.fault_needs_body(method, sub_path):
+            body, receive = await _buffer_body(receive)
+        fault = self.state.take_fault(method, sub_path, body)
 
         def record(fault_name: str | None = None) -> None:
             self.state.record_request(method=method, path=sub_path, route=route, status=status[0], fault=fault_name)
@@ -75,7 +80,7 @@ class EmulatorMiddleware:
                 await self._respond_fault(fault, scope, receive, send)
             record(fault.action)
             if fault.action == "drop":
-                await close_connection(receive)
+                await close_connection(socket_receive)
             return
 
         app: ASGIApp = self.app
@@ -98,7 +103,7 @@ class EmulatorMiddleware:
         await app(scope, receive, _adding_headers(hold, headers | fault.headers, status))
         record(fault.action)
         if fault.action == "drop_after_commit":
-            await close_connection(receive)
+            await close_connection(socket_receive)
             return
         await asyncio.sleep(fault.delay)
         for message in held:
@@ -168,6 +173,22 @@ async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
+
+
+async def _buffer_body(receive: Receive) -> tuple[bytes, Receive]:
+    """Read the whole request body (for a fault rule that matches on it) and a ``receive`` that replays it."""
+    chunks = [chunk async for chunk in _body_chunks(receive)]
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return body, replay
 
 
 async def close_connection(receive: Receive) -> None:

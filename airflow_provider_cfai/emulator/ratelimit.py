@@ -29,9 +29,14 @@ def _format_seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+# Deadlines are sums of floats: (now + 42) - now can come out as 42.00000000000001, which a bare
+# ceil() would advertise as 43 s. A microsecond of slack absorbs that rounding error.
+_FLOAT_SLACK = 1e-6
+
+
 def _ceil_seconds(value: float) -> int:
     # A client told "t=0" while still refused would spin; never advertise less than one second.
-    return max(1, math.ceil(value))
+    return max(1, math.ceil(value - _FLOAT_SLACK))
 
 
 class RateLimiter:

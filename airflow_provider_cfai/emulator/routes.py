@@ -14,6 +14,7 @@ code  status  meaning
 1007  400     upload: bad ``file_name``, missing part, malformed multipart body
 1008  409     upload: asset already exists (only with ``asset_overwrite="reject"``)
 1009  413     upload: file larger than ``max_file_bytes``
+1010  400     models search: bad ``page``/``per_page``
 1000  401     token verify: wrong kind of token, or email + key (Cloudflare: "Invalid API Token")
 3037  404     upload: unknown finetune in the path (Cloudflare: "Finetune ... not found")
 3037  400     run: unknown ``lora`` (400, not 404: the URL's resource, the model, exists; the bad
@@ -23,6 +24,11 @@ code  status  meaning
 5005  405     run with ``lora``: model does not support LoRA (Cloudflare)
 5006  400     run: neither ``prompt`` nor ``messages``, or they are malformed (Cloudflare's code
               for invalid input)
+5007  400     run: the model is not in the catalog (Cloudflare: "No such model")
+1011  400     queue (``?queueRequest=true``): the model has no ``async_queue``
+1012  400     queue: no non-empty ``requests`` list to submit, or a bad ``request_id``
+1013  413     queue: payload larger than ``queue_max_bytes`` (Cloudflare: 10 MB)
+1014  404     queue poll: unknown ``request_id`` (or one queued for another model)
 ====  ======  ===============================================================================
 """
 
@@ -34,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from airflow_provider_cfai.emulator import catalog
+from airflow_provider_cfai.emulator import batch_queue, catalog, models
 from airflow_provider_cfai.emulator.envelope import ApiError, json_response, success_body
 from airflow_provider_cfai.emulator.inference import run_model
 from airflow_provider_cfai.emulator.middleware import API_PREFIX
@@ -144,8 +150,15 @@ def build_api_router(state: EmulatorState) -> APIRouter:
             result["not_before"] = settings.token_not_before
         return json_response(success_body(result))
 
+    @router.get("/accounts/{account_id}/ai/models/search")
+    async def search_models(request: Request, account_id: str) -> Response:
+        return json_response(models.search_body(models.catalog_for(state.settings), request.query_params))
+
     @router.post("/accounts/{account_id}/ai/run/{model:path}")
     async def run(request: Request, account_id: str, model: str) -> Response:
+        queued = batch_queue.answer(state, model, request.query_params, await request.body())
+        if queued is not None:
+            return json_response(success_body(queued))
         return json_response(success_body(run_model(state, model, await _json_object(request))))
 
     return router

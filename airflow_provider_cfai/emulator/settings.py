@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_ASYNC_QUEUE_MODELS",
     "DEFAULT_LORA_MODELS",
     "RUNTIME_KEYS",
     "EmulatorSettings",
@@ -24,6 +25,13 @@ DEFAULT_LORA_MODELS: tuple[str, ...] = (
     "@cf/google/gemma-3-12b-it",
     "@cf/qwen/qwen2.5-coder-32b-instruct",
 )
+# Models the Batch API queues (catalog property ``async_queue``).
+DEFAULT_ASYNC_QUEUE_MODELS: tuple[str, ...] = (
+    "@cf/meta/llama-3.3-70b-instruct-fp8-fast",
+    "@cf/openai/gpt-oss-120b",
+    "@cf/baai/bge-base-en-v1.5",
+    "@cf/baai/bge-large-en-v1.5",
+)
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "list_shape": ("array", "object", "nested"),
@@ -34,7 +42,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "token_status": ("active", "disabled", "expired"),
 }
 _NON_NEGATIVE_INTS = ("max_finetunes", "public_seed", "rate_limit")
-_POSITIVE_INTS = ("max_file_bytes", "request_log_size")
+_POSITIVE_INTS = ("max_file_bytes", "request_log_size", "queue_max_bytes")
 _OPTIONAL_STRINGS = ("token_expires_on", "token_not_before")
 
 # The token, identity and storage are fixed for the life of the process; the legacy email + key
@@ -59,6 +67,9 @@ class EmulatorSettings:
     token_id: str = dataclasses.field(default_factory=lambda: _random_hex(16))
 
     lora_models: tuple[str, ...] = DEFAULT_LORA_MODELS
+    async_queue_models: tuple[str, ...] = DEFAULT_ASYNC_QUEUE_MODELS
+    # Catalog entries served as given, beside (or instead of) the built-in ones; see emulator.models.
+    extra_models: tuple[dict[str, Any], ...] = ()
     max_finetunes: int = 100
     max_file_bytes: int = 300_000_000
     duplicate_names: str = "allow"
@@ -78,6 +89,12 @@ class EmulatorSettings:
 
     request_log_size: int = 1000
 
+    # The Batch API (emulator/batch_queue.py): seconds from submit to "running" and to responses,
+    # and the payload limit (Cloudflare: 10 MB).
+    queue_running_after: float = 0.5
+    queue_delay: float = 2.0
+    queue_max_bytes: int = 10_000_000
+
     def __post_init__(self) -> None:
         for key in ("token", "account_id", "token_id"):
             value = getattr(self, key)
@@ -96,12 +113,21 @@ class EmulatorSettings:
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{key} must be a string or null")
-        models = self.lora_models
-        if isinstance(models, str) or not all(isinstance(m, str) and m for m in models):
-            raise ValueError("lora_models must be a list of non-empty strings")
-        object.__setattr__(self, "lora_models", tuple(models))
+        for key in ("lora_models", "async_queue_models"):
+            models = getattr(self, key)
+            if isinstance(models, str) or not all(isinstance(m, str) and m for m in models):
+                raise ValueError(f"{key} must be a list of non-empty strings")
+            object.__setattr__(self, key, tuple(models))
+        extra = self.extra_models
+        if isinstance(extra, (str, dict)) or not all(
+            isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"] for e in extra
+        ):
+            raise ValueError("extra_models must be a list of objects, each with a non-empty string 'name'")
+        object.__setattr__(self, "extra_models", tuple(extra))
         object.__setattr__(self, "rate_window", _check_number("rate_window", self.rate_window, positive=True))
         object.__setattr__(self, "rate_lockout", _check_number("rate_lockout", self.rate_lockout))
+        for key in ("queue_running_after", "queue_delay"):
+            object.__setattr__(self, key, _check_number(key, getattr(self, key)))
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", Path(self.data_dir))
 

@@ -15,6 +15,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cfai.emulator import catalog
+from airflow_provider_cfai.emulator.batch_queue import BatchQueue
 from airflow_provider_cfai.emulator.envelope import ApiError, success_body_raw
 from airflow_provider_cfai.emulator.faults import FaultRule, parse_fault
 from airflow_provider_cfai.emulator.ratelimit import Decision, RateLimiter
@@ -82,11 +83,15 @@ class EmulatorState:
         self._list_cache: dict[str, bytes] = {}
         self._limiter = RateLimiter()
         self._faults: list[FaultRule] = []
+        # Every rule added since the last reset, spent or cleared ones too, with its ``fired`` count.
+        self._fault_history: list[FaultRule] = []
         self._counters: collections.Counter[str] = collections.Counter()
         self._log: collections.deque[dict[str, Any]] = collections.deque(maxlen=settings.request_log_size)
         self._rate_limited = 0
         self._lockouts = 0
         self._refused_uploads: list[dict[str, Any]] = []
+        # Queued Batch API requests, behind their own lock (see emulator/batch_queue.py).
+        self.batches = BatchQueue(clock)
         for entry in store.load():
             self._restore(entry)
 
@@ -211,11 +216,17 @@ class EmulatorState:
 
     # -- gate: faults and rate limiting ------------------------------------------------------------
 
-    def take_fault(self, method: str, path: str) -> FaultRule | None:
+    def fault_needs_body(self, method: str, path: str) -> bool:
+        """Whether a pending rule for this call also looks at the request body (``request_body``)."""
+        with self._lock:
+            return any(rule.wants_body(method, path) for rule in self._faults)
+
+    def take_fault(self, method: str, path: str, body: bytes | None = None) -> FaultRule | None:
         with self._lock:
             for rule in self._faults:
-                if rule.matches(method, path):
+                if rule.matches(method, path, body):
                     rule.times -= 1
+                    rule.fired += 1
                     snapshot = dataclasses.replace(rule)
                     self._faults = [r for r in self._faults if r.times > 0]
                     return snapshot
@@ -255,11 +266,13 @@ class EmulatorState:
         rule = parse_fault(spec)
         with self._lock:
             self._faults.append(rule)
-        return rule.describe()
+            self._fault_history.append(rule)
+            return rule.describe()
 
-    def faults(self) -> list[dict[str, Any]]:
+    def faults(self, *, include_spent: bool = False) -> list[dict[str, Any]]:
+        """Pending rules; with ``include_spent``, every rule added since the last reset."""
         with self._lock:
-            return [rule.describe() for rule in self._faults]
+            return [rule.describe() for rule in (self._fault_history if include_spent else self._faults)]
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -277,12 +290,14 @@ class EmulatorState:
             self._by_name.clear()
             self._list_cache.clear()
             self._faults = []
+            self._fault_history = []
             self._counters.clear()
             self._log.clear()
             self._limiter.clear()
             self._rate_limited = 0
             self._lockouts = 0
             self._refused_uploads = []
+            self.batches.clear()
             self._store.wipe()
             if settings:
                 self._apply_settings(self._startup_settings)
@@ -302,6 +317,11 @@ class EmulatorState:
                 "lockouts": self._lockouts,
                 "refused_uploads": list(self._refused_uploads),
                 "faults": [rule.describe() for rule in self._faults],
+                "fired_faults": [
+                    {"id": r.id, "path": r.path, "method": r.method, "action": r.action, "fired": r.fired}
+                    for r in self._fault_history
+                ],
+                "batches": self.batches.describe(),
                 "settings": self._settings.public_view(),
             }
 

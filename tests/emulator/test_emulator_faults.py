@@ -90,7 +90,7 @@ def test_remaining_times_are_listed(api: Any) -> None:
 
     (rule,) = api.emulator.faults()
 
-    assert rule["times"] == 2
+    assert (rule["times"], rule["fired"]) == (2, 1)
     assert (rule["path"], rule["status"], rule["action"]) == (CREATE, 503, "respond")
 
 
@@ -110,11 +110,14 @@ def test_fault_path_is_matched_after_the_api_prefix_and_ignores_trailing_slashes
 
 
 def test_faults_are_cleared_by_delete_and_by_reset(api: Any) -> None:
-    api.emulator.add_fault(path=CREATE)
+    api.emulator.add_fault(path=CREATE, times=2)
+    assert api.get("/ai/finetunes").status_code == 503  # the rule is live until cleared
     api.emulator.clear_faults()
     assert api.emulator.faults() == []
+    assert api.get("/ai/finetunes").status_code == 200
 
-    api.emulator.add_fault(path=CREATE)
+    api.emulator.add_fault(path=CREATE, times=2)
+    assert api.get("/ai/finetunes").status_code == 503
     api.emulator.reset()
     assert api.get("/ai/finetunes").status_code == 200
 
@@ -147,6 +150,80 @@ def test_fault_answers_are_recorded_in_the_request_log(api: Any) -> None:
     (entry,) = api.emulator.state()["requests"]
 
     assert (entry["status"], entry["fault"], entry["route"]) == (503, "respond", "/accounts/{account_id}/ai/finetunes")
+
+
+# -- which rules fired ----------------------------------------------------------------------------------
+
+
+def test_fired_counts_the_requests_a_rule_took_and_outlives_the_spent_rule(api: Any) -> None:
+    rule = api.emulator.add_fault(path=CREATE, times=2, status=503)
+    assert (rule["fired"], api.emulator.fired(rule)) == (0, 0)
+
+    statuses = [api.get("/ai/finetunes").status_code for _ in range(3)]
+
+    assert statuses == [503, 503, 200]
+    assert api.emulator.faults() == []  # spent, so no longer pending
+    assert api.emulator.fired(rule) == 2
+    assert api.emulator.fired(rule["id"]) == 2
+
+
+def test_a_rule_that_never_matches_reports_zero_fired(api: Any) -> None:
+    taken = api.emulator.add_fault(method="GET", path=CREATE, status=503)
+    missed = api.emulator.add_fault(method="GET", path=r"/no-such-route$", status=503)
+
+    assert api.get("/ai/finetunes").status_code == 503
+
+    assert (api.emulator.fired(taken), api.emulator.fired(missed)) == (1, 0)
+
+
+def test_every_rule_since_the_reset_is_listed_with_its_fired_count(api: Any) -> None:
+    spent = api.emulator.add_fault(method="GET", path=CREATE, status=503)
+    api.get("/ai/finetunes")
+    cleared = api.emulator.add_fault(method="POST", path=CREATE, action="drop", times=3)
+    api.emulator.clear_faults()
+
+    listed = requests.get(f"{api.emulator.root_url}/__emulator/faults?all=true", timeout=10).json()
+    in_state = api.emulator.state()["fired_faults"]
+
+    assert [(r["id"], r["times"], r["fired"]) for r in listed] == [(spent["id"], 0, 1), (cleared["id"], 3, 0)]
+    assert in_state == [
+        {"id": spent["id"], "path": CREATE, "method": "GET", "action": "respond", "fired": 1},
+        {"id": cleared["id"], "path": CREATE, "method": "POST", "action": "drop", "fired": 0},
+    ]
+    assert api.emulator.faults() == []
+
+
+def test_reset_forgets_fired_counts(api: Any) -> None:
+    rule = api.emulator.add_fault(path=CREATE, status=503)
+    api.get("/ai/finetunes")
+    assert api.emulator.fired(rule) == 1
+
+    api.emulator.reset()
+
+    assert api.emulator.state()["fired_faults"] == []
+    with pytest.raises(LookupError, match=rf"fault rule {rule['id']} .*last reset"):
+        api.emulator.fired(rule)
+
+
+def test_concurrent_requests_fire_a_rule_exactly_its_times(api: Any) -> None:
+    rule = api.emulator.add_fault(path=CREATE, times=5, status=503)
+
+    def status() -> int:
+        # One connection per call, so the requests really overlap in the server.
+        return requests.get(api.url("/ai/finetunes"), headers=api.auth, timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda _: status(), range(12)))
+
+    assert sorted(statuses) == [200] * 7 + [503] * 5
+    assert api.emulator.fired(rule) == 5
+
+
+def test_faults_all_flag_must_be_true_or_false(api: Any) -> None:
+    response = requests.get(f"{api.emulator.root_url}/__emulator/faults?all=yes", timeout=10)
+
+    assert response.status_code == 400
+    assert response.json() == {"ok": False, "error": "all must be true or false"}
 
 
 # -- connection drops ---------------------------------------------------------------------------------
@@ -319,6 +396,19 @@ class TestRateLimiterClock:
 
         assert refused.headers["Retry-After"] == "6"
         assert self.check(limiter, 10.0, lockout=0.0).allowed
+
+    def test_float_error_in_the_lockout_does_not_add_a_second_to_retry_after(self) -> None:
+        # (32.15 + 42) - 32.15 == 42.00000000000001 in binary floating point: ceil() alone says 43.
+        now = 32.15
+        assert (now + 42.0) - now > 42.0
+        limiter = RateLimiter()
+        self.check(limiter, now, lockout=42.0)
+        self.check(limiter, now, lockout=42.0)
+
+        refused = self.check(limiter, now, lockout=42.0)
+
+        assert refused.headers["Retry-After"] == "42"
+        assert refused.headers["Ratelimit"] == '"default";r=0;t=42'
 
     def test_fractional_seconds_round_up_and_never_to_zero(self) -> None:
         limiter = RateLimiter()
