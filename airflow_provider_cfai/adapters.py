@@ -3,12 +3,15 @@
 Cloudflare creates a finetune first and receives its files afterwards, and a finetune cannot be
 deleted: an adapter it would refuse has to be caught here, before the create call. Only the config
 and the safetensors header are read, never the tensors, so a 300 MB adapter costs a few kilobytes.
+:func:`prepare_adapter` turns PEFT's raw ``save_pretrained`` output into what Cloudflare accepts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import math
 import os
 import struct
@@ -17,6 +20,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias, cast
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_cfai.exceptions import AdapterValidationError
@@ -30,12 +35,19 @@ __all__ = [
     "AdapterLimits",
     "AdapterSource",
     "LoraAdapter",
+    "guess_family",
     "load_adapter",
+    "prepare_adapter",
 ]
+
+log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_FILE_NAMES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)  # upload order
+#: What older PEFT versions (and ``safe_serialization=False``) write instead of safetensors.
+PICKLED_WEIGHTS = "adapter_model.bin"
+FAMILIES = ("gemma", "llama", "mistral")
 
 #: What :func:`load_adapter` accepts: a local folder, an fsspec URL, an ``ObjectStoragePath`` (or any
 #: object with fsspec ``fs`` and ``path`` attributes), or an adapter already loaded.
@@ -125,6 +137,100 @@ def load_adapter(source: AdapterSource, *, limits: AdapterLimits = DEFAULT_LIMIT
     if isinstance(source, LoraAdapter):
         return source
     fs, folder, location = _resolve(source)
+    config, weights = _find_files(fs, folder, location, limits)
+    return _checked(location, config, weights, limits)
+
+
+def prepare_adapter(
+    source: AdapterSource,
+    *,
+    model_type: str | None = None,
+    in_place: bool = False,
+    limits: AdapterLimits = DEFAULT_LIMITS,
+) -> LoraAdapter:
+    """Make a raw PEFT ``save_pretrained`` folder acceptable to Cloudflare, then check it.
+
+    PEFT writes no ``model_type`` and Cloudflare requires one: it is taken from ``model_type``, or
+    else inferred from the config's ``base_model_name_or_path`` (the inference is logged). The folder
+    is not modified: the completed config is served from memory and the weights stream from the
+    source at upload time, so nothing is copied. A pickled ``adapter_model.bin`` is refused with a
+    hint on converting it (this provider does not load pickles, nor depend on torch).
+
+    :param source: as for :func:`load_adapter`: a local folder, an fsspec URL or an ``ObjectStoragePath``.
+    :param model_type: ``"mistral"``, ``"gemma"`` or ``"llama"``; replaces a different value in the file.
+    :param in_place: write the completed ``adapter_config.json`` back into the folder instead.
+    :param limits: the limits to enforce; Cloudflare's current ones by default.
+    :return: the checked adapter, ready for upload.
+    :raises AdapterValidationError: naming the file, the field and the fix.
+    """
+    if isinstance(source, LoraAdapter):
+        return source
+    allowed = "|".join(f'"{name}"' for name in sorted(limits.model_types))
+    if model_type is not None and model_type not in limits.model_types:
+        raise _invalid(
+            ADAPTER_CONFIG, "model_type", f"{_show(model_type)} is not supported; Cloudflare accepts {allowed}"
+        )
+    fs, folder, location = _resolve(source)
+    config_file, weights = _find_files(fs, folder, location, limits)
+    config = _read_config(config_file)
+    present = config.get("model_type")
+    base_model = config.get("base_model_name_or_path")
+    chosen = model_type or (present if isinstance(present, str) and present in limits.model_types else None)
+    if chosen is None and present is None:
+        chosen = guess_family(base_model if isinstance(base_model, str) else None, limits.model_types)
+        if chosen is None:
+            raise _invalid(
+                ADAPTER_CONFIG,
+                "model_type",
+                f"missing, and base_model_name_or_path {_show(base_model)} does not name a model family; "
+                f"pass model_type={allowed}",
+            )
+        log.info(
+            "%s has no model_type; using %r, inferred from base_model_name_or_path %r", location, chosen, base_model
+        )
+    if chosen is None or chosen == present:
+        return _checked(location, config_file, weights, limits)  # invalid values fail there, as usual
+    if present is not None:
+        log.warning("%s says model_type %r; using %r as asked", location, present, chosen)
+    completed = (json.dumps({**config, "model_type": chosen}, indent=2) + "\n").encode()
+    log.info("Adding model_type %r to %s (%s)", chosen, config_file.location, "in place" if in_place else "in memory")
+    if in_place:
+        with fs.open(config_file.path, "wb") as fh:
+            fh.write(completed)
+        config_file, weights = _find_files(fs, folder, location, limits)
+    else:
+        config_file = AdapterFile(
+            ADAPTER_CONFIG,
+            f"{config_file.location} (completed in memory)",
+            len(completed),
+            ADAPTER_CONFIG,
+            _InMemory(completed),
+        )
+    return _checked(location, config_file, weights, limits)
+
+
+def guess_family(text: str | None, families: Iterable[str] = FAMILIES) -> str | None:
+    """The one model family named in ``text`` (a model name or path), or ``None`` if none or several.
+
+    ``"mistralai/Mistral-7B-Instruct-v0.2"`` gives ``"mistral"``, ``"@cf/google/gemma-3-12b-it"``
+    gives ``"gemma"``, ``"./checkpoints/run-7"`` gives ``None``.
+    """
+    lowered = (text or "").lower()
+    found = {family for family in families if family in lowered}
+    return found.pop() if len(found) == 1 else None
+
+
+class _InMemory:
+    """Just enough of an fsspec filesystem to stream bytes held in memory to an upload."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def open(self, path: str, mode: str = "rb") -> BinaryIO:
+        return io.BytesIO(self.data)
+
+
+def _find_files(fs: Any, folder: str, location: str, limits: AdapterLimits) -> tuple[AdapterFile, AdapterFile]:
     if not fs.isdir(folder):
         what = "is not a folder" if fs.exists(folder) else "does not exist"
         raise _invalid(location, "location", f"{what}; expected a folder holding {_BOTH}")
@@ -132,10 +238,18 @@ def load_adapter(source: AdapterSource, *, limits: AdapterLimits = DEFAULT_LIMIT
     for name in ADAPTER_FILE_NAMES:
         with contextlib.suppress(FileNotFoundError):
             infos[name] = fs.info(f"{folder.rstrip('/')}/{name}")
+    if ADAPTER_WEIGHTS not in infos and fs.exists(f"{folder.rstrip('/')}/{PICKLED_WEIGHTS}"):
+        raise _invalid(
+            PICKLED_WEIGHTS, "file", f"found in {location}, but Cloudflare accepts only {ADAPTER_WEIGHTS}; {_CONVERT}"
+        )
     missing = [name for name in ADAPTER_FILE_NAMES if name not in infos]
     if missing:
         raise _invalid(" and ".join(missing), "file", f"not found in {location}; Cloudflare needs {_BOTH}")
     config, weights = (_file(fs, folder, location, name, infos[name], limits) for name in ADAPTER_FILE_NAMES)
+    return config, weights
+
+
+def _checked(location: str, config: AdapterFile, weights: AdapterFile, limits: AdapterLimits) -> LoraAdapter:
     settings = _read_config(config)
     base_model = settings.get("base_model_name_or_path")
     base_model = base_model if isinstance(base_model, str) and base_model else None
@@ -149,6 +263,11 @@ def load_adapter(source: AdapterSource, *, limits: AdapterLimits = DEFAULT_LIMIT
 
 
 _BOTH = f"both {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} (other files are ignored)"
+_CONVERT = (
+    "re-save it with model.save_pretrained(folder, safe_serialization=True), or convert it with "
+    '`python -c "import torch; from safetensors.torch import save_file; '
+    f"save_file(torch.load('{PICKLED_WEIGHTS}'), '{ADAPTER_WEIGHTS}')\"`"
+)
 
 
 def _invalid(file_name: str, field: str, problem: str) -> AdapterValidationError:
@@ -240,13 +359,14 @@ def _model_type(config: dict[str, Any], base_model: str | None, limits: AdapterL
     value = config.get("model_type")
     allowed = "|".join(f'"{name}"' for name in sorted(limits.model_types))
     if value is None:
-        guess = next((t for t in sorted(limits.model_types) if t in (base_model or "").lower()), None)
+        guess = guess_family(base_model, limits.model_types)
         hint = f' ("{guess}" for base model {base_model})' if guess else ""
         raise _invalid(
             ADAPTER_CONFIG,
             "model_type",
             "missing; Cloudflare requires it and PEFT does not write it: "
-            f'add "model_type": {allowed}{hint} to {ADAPTER_CONFIG}',
+            f'add "model_type": {allowed}{hint} to {ADAPTER_CONFIG}, or let prepare_adapter() add it '
+            "without editing the file (CreateFinetuneOperator(prepare_adapter=True))",
         )
     if not isinstance(value, str) or value not in limits.model_types:
         raise _invalid(ADAPTER_CONFIG, "model_type", f"{_show(value)} is not supported; Cloudflare accepts {allowed}")
