@@ -1,0 +1,167 @@
+"""Where batch files live: local paths, fsspec URLs and ``ObjectStoragePath`` strings, behind one API.
+
+A location is always a string here (the trigger's kwargs must be plain data). An
+``ObjectStoragePath`` keeps its connection in its string form (``s3://my_conn@bucket/key``), so it is
+rebuilt as an ``ObjectStoragePath`` to open it; other URLs go to fsspec. Local paths use the
+standard library and never import fsspec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = [
+    "describe",
+    "exists",
+    "local_path",
+    "open_read",
+    "public_location",
+    "read_text",
+    "remove",
+    "upload",
+    "write_text",
+]
+
+
+def local_path(location: str) -> str | None:
+    """The absolute local path of ``location``, or ``None`` if it lives on another filesystem."""
+    if "::" in location:
+        return None
+    if "://" not in location:
+        return os.path.abspath(os.path.expanduser(location))
+    if location.startswith("file://"):
+        rest = location[len("file://") :]
+        if rest.startswith("/"):  # no ``conn_id@`` before the path
+            return rest
+    return None
+
+
+def public_location(location: str) -> str:
+    """``location`` without a password or query string (signed-URL tokens), for XCom and messages.
+
+    A connection id before ``@`` stays: it is not a secret and the location must still open.
+    """
+    if "://" not in location:
+        return location
+    parts = []
+    for part in location.split("::"):
+        split = urlsplit(part)
+        userinfo, at, host = split.netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}{at}{host}"
+        parts.append(urlunsplit((split.scheme, netloc, split.path, "", "")))
+    return "::".join(parts)
+
+
+def describe(location: str) -> str:
+    """How messages name a location: as given for local paths, else :func:`public_location`."""
+    return public_location(location)
+
+
+def _remote(location: str) -> tuple[Any, str]:
+    if "::" not in location:
+        try:
+            from airflow.sdk import ObjectStoragePath
+
+            path = ObjectStoragePath(location)
+            return path.fs, str(path.path)
+        except (ValueError, ImportError, KeyError):
+            pass  # a scheme Airflow has no filesystem for (e.g. memory://): plain fsspec below
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(location)
+    return fs, str(path)
+
+
+def _remote_or_input_error(location: str) -> tuple[Any, str]:
+    from airflow_provider_cfai.exceptions import CloudflareInputError
+
+    try:
+        return _remote(location)
+    except (ImportError, ValueError) as exc:  # unknown protocol, or its package is not installed
+        raise CloudflareInputError(f"Cannot open {describe(location)}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def open_read(location: str) -> Iterator[IO[bytes]]:
+    """Open ``location`` for binary reading (raises ``FileNotFoundError`` when it is missing)."""
+    path = local_path(location)
+    if path is not None:
+        with open(path, "rb") as handle:
+            yield handle
+        return
+    fs, remote = _remote_or_input_error(location)
+    with fs.open(remote, "rb") as handle:
+        yield handle
+
+
+def exists(location: str) -> bool:
+    path = local_path(location)
+    if path is not None:
+        return os.path.exists(path)
+    fs, remote = _remote_or_input_error(location)
+    return bool(fs.exists(remote))
+
+
+def read_text(location: str) -> str | None:
+    """The file's text, or ``None`` if it does not exist."""
+    try:
+        with open_read(location) as handle:
+            return handle.read().decode("utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def write_text(location: str, text: str) -> None:
+    """Replace the file's content (atomically for local files: a crash leaves the old or the new)."""
+    data = text.encode("utf-8")
+    path = local_path(location)
+    if path is None:
+        fs, remote = _remote_or_input_error(location)
+        _makedirs(fs, remote)
+        with fs.open(remote, "wb") as handle:
+            handle.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".cfai-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def remove(location: str) -> None:
+    """Delete the file; a missing file is fine."""
+    path = local_path(location)
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    fs, remote = _remote_or_input_error(location)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(remote)
+
+
+def upload(local: str, location: str) -> None:
+    """Copy a local file to a remote ``location`` (replacing it)."""
+    fs, remote = _remote_or_input_error(location)
+    _makedirs(fs, remote)
+    fs.put_file(local, remote)
+
+
+def _makedirs(fs: Any, remote: str) -> None:
+    parent = remote.rsplit("/", 1)[0]
+    if parent and parent != remote:
+        # Object stores have no folders; filesystems that do need the parent to exist.
+        with contextlib.suppress(OSError, NotImplementedError):
+            fs.makedirs(parent, exist_ok=True)

@@ -1,0 +1,441 @@
+"""The two batch engines: ``direct`` (paced ``/ai/run`` calls) and ``queue`` (the Batch API).
+
+Both write one record per input to ``output`` through :class:`~airflow_provider_cfai.batch.items.OrderedResultWriter`,
+in input order, as results arrive, and both resume: what ``output`` already holds is never asked for
+again. Both take a ``deadline`` (epoch seconds): past it they stop, keep what was written, and return
+a manifest with ``"status": "timeout"``.
+
+**Direct.** ``concurrency`` calls at once, each waiting its turn at the credential's rate-limit gate
+(so a run spends the window without overrunning it into Cloudflare's five-minute lockout) and each
+retried on its own by the shared policy (``Retry-After`` included). An item Cloudflare refuses
+(a 4xx, or a 5xx that outlived its retries) becomes a failure record; the batch goes on. The batch
+itself stops, keeping what it wrote, when no call can succeed: rejected credentials (401/403), a
+``Retry-After`` longer than the retry budget (a lockout), or no answer at all (the network).
+
+**Queue.** The operator submits the chunks (:func:`plan_chunks` keeps each under the 10 MB limit) and
+records their request IDs; :func:`collect_queue` polls each one until its responses arrive, maps them
+to input indexes (chunk offset + the response's ``id``) and writes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_cfai.batch.items import (
+    BatchManifest,
+    OrderedResultWriter,
+    build_manifest,
+    failure_record,
+    iter_inputs,
+    split_item,
+    success_record,
+)
+from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, CloudflarePermanentAPIError
+from airflow_provider_cfai.policy import stops_the_batch
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+
+    from airflow_provider_cfai.batch.client import AsyncCloudflareClient
+
+__all__ = ["DEFAULT_MAX_BYTES", "collect_queue", "plan_chunks", "run_direct"]
+
+log = logging.getLogger(__name__)
+
+#: Cloudflare's limit on one Batch API submission ("under 10 MB"), counted in bytes of JSON.
+DEFAULT_MAX_BYTES = 10_000_000
+#: How far past the oldest unfinished item the direct engine may run: bounds the records the
+#: writer holds back while one slow item is retried.
+AHEAD = 512
+_READ_BATCH = 64
+_PENDING = ("queued", "running")
+
+
+# -- queue: chunking --------------------------------------------------------------------------------
+
+
+def plan_chunks(items: Iterable[Mapping[str, Any]], max_bytes: int = DEFAULT_MAX_BYTES) -> list[list[dict[str, Any]]]:
+    """Split items into Batch API submissions of at most ``max_bytes`` bytes each, in order.
+
+    A submission is ``{"requests": [item, ...]}``; sizes are counted as ``json.dumps`` writes it (ASCII
+    escapes, ``", "`` separators), which is never smaller than what either transport sends.
+
+    :raises CloudflareInputError: an item alone is over the limit (it names the item).
+    """
+    if max_bytes < 1:
+        raise CloudflareInputError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}")
+    overhead = len(json.dumps({"requests": []}))
+    chunks: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = overhead
+    for position, item in enumerate(items):
+        try:
+            item_size = len(json.dumps(item))
+        except (TypeError, ValueError) as exc:
+            raise CloudflareInputError(f"inputs[{position}]: not JSON-serializable ({exc})") from None
+        if overhead + item_size > max_bytes:
+            raise CloudflareInputError(
+                f"inputs[{position}] is {item_size:,} bytes as JSON; one Batch API submission takes at most "
+                f"{max_bytes:,} bytes. Shorten it, or use engine='direct'."
+            )
+        separator = 2 if current else 0
+        if size + separator + item_size > max_bytes:
+            chunks.append(current)
+            current, size, separator = [], overhead, 0
+        current.append(dict(item))
+        size += separator + item_size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+# -- direct -----------------------------------------------------------------------------------------
+
+
+async def run_direct(
+    client: AsyncCloudflareClient,
+    *,
+    model: str,
+    lora: str | None = None,
+    inputs_path: str,
+    output: str,
+    concurrency: int = 8,
+    deadline: float | None = None,
+) -> BatchManifest:
+    """Run every input through ``POST /ai/run/{model}``, ``concurrency`` at a time, paced.
+
+    :param lora: a finetune to apply to every item.
+    :param inputs_path: the JSONL inputs (local path or fsspec URL).
+    :param output: where the records go; the records already there are skipped (resume).
+    :param deadline: epoch seconds after which the run stops with ``"status": "timeout"``.
+    :raises CloudflareAPIError: the batch could not go on (see the module docstring).
+    """
+    if concurrency < 1:
+        raise CloudflareInputError(f"concurrency must be at least 1, got {concurrency!r}")
+    writer = OrderedResultWriter(output)
+    await writer.open()
+    start = writer.start_index
+    read = [start]  # items read from the inputs so far (their count, once all are read)
+    try:
+        finished = await _until(
+            deadline, _direct_calls(client, model, lora, inputs_path, writer, start, concurrency, read)
+        )
+    finally:
+        await writer.close()
+    total = read[0] if finished else await asyncio.to_thread(_count_inputs, inputs_path, read[0])
+    log.info("Direct engine: %d of %d record(s) in %s", writer.next_index, total, output)
+    return build_manifest(
+        engine="direct",
+        model=model,
+        lora=lora,
+        output=output,
+        total=total,
+        tally=writer.tally,
+        resumed_from=start,
+        status="success" if finished else "timeout",
+    )
+
+
+async def _direct_calls(
+    client: AsyncCloudflareClient,
+    model: str,
+    lora: str | None,
+    inputs_path: str,
+    writer: OrderedResultWriter,
+    start: int,
+    concurrency: int,
+    read: list[int],
+) -> None:
+    jobs: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue(maxsize=concurrency)
+    written = asyncio.Condition()
+
+    async def feed() -> None:
+        items = iter_inputs(inputs_path, start)
+        try:
+            while batch := await asyncio.to_thread(_take, items, _READ_BATCH):
+                for index, item in batch:
+                    async with written:
+                        await written.wait_for(functools.partial(_room_for, index, writer))
+                    await jobs.put((index, item))
+                    read[0] = index + 1
+        finally:
+            # Closes the file at once, not whenever the generator is collected.
+            close = getattr(items, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
+        for _ in range(concurrency):
+            await jobs.put(None)
+
+    async def work() -> None:
+        while (job := await jobs.get()) is not None:
+            index, item = job
+            await writer.add(index, await _call_one(client, model, lora, index, item))
+            async with written:
+                written.notify_all()
+
+    await _all_or_none([feed(), *(work() for _ in range(concurrency))])
+
+
+async def _call_one(
+    client: AsyncCloudflareClient, model: str, lora: str | None, index: int, item: dict[str, Any]
+) -> dict[str, Any]:
+    body, reference = split_item(item)
+    if lora:
+        body["lora"] = lora
+    try:
+        result = await client.run_model(model, body)
+    except CloudflareAPIError as error:
+        if stops_the_batch(error):
+            raise error.with_context(f"item {index}") from error
+        return failure_record(index, reference, status=error.status, codes=error.codes, message=_reason(error))
+    return success_record(index, reference, result)
+
+
+# -- queue: collecting --------------------------------------------------------------------------------
+
+
+async def collect_queue(
+    client: AsyncCloudflareClient,
+    *,
+    model: str,
+    request_ids: Sequence[str],
+    output: str,
+    poll_interval: float = 5.0,
+    deadline: float | None = None,
+    chunk_sizes: Sequence[int] | None = None,
+    lora: str | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> BatchManifest:
+    """Poll queued Batch API requests until their responses arrive; write them as records, in order.
+
+    Chunks are collected in submission order; the responses of chunk ``k`` are items
+    ``offset_k + id``. Every chunk is polled (a poll is cheap and repeatable) so the token usage
+    Cloudflare reports per chunk adds up even on resume; records already in ``output`` are not
+    written again.
+
+    :param request_ids: the submissions' request IDs, in the order of their chunks.
+    :param poll_interval: seconds between polls of a request that is still queued or running.
+    :param chunk_sizes: the item count of each chunk, when known: an item Cloudflare left without a
+        response then gets a failure record, and a timed-out manifest its true ``total``.
+    :param lora: recorded in the manifest only.
+    :raises CloudflareAPIError: a poll failed for good (an unknown or expired request ID, ...).
+    """
+    if chunk_sizes is not None and len(chunk_sizes) != len(request_ids):
+        raise CloudflareInputError(
+            f"chunk_sizes has {len(chunk_sizes)} entries for {len(request_ids)} request IDs; give one size per chunk"
+        )
+    if poll_interval <= 0:
+        raise CloudflareInputError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
+    writer = OrderedResultWriter(output)
+    await writer.open()
+    start = writer.start_index
+    progress = _QueueProgress()
+    collect = _collect(client, model, request_ids, writer, start, poll_interval, chunk_sizes, progress, sleep)
+    try:
+        finished = await _until(deadline, collect)
+    finally:
+        await writer.close()
+    total = progress.offset if finished else sum(chunk_sizes) if chunk_sizes is not None else writer.next_index
+    manifest = build_manifest(
+        engine="queue",
+        model=model,
+        lora=lora,
+        output=output,
+        total=total,
+        tally=writer.tally,
+        request_ids=request_ids,
+        resumed_from=start,
+        status="success" if finished else "timeout",
+    )
+    if finished and progress.usage_complete:
+        # Cloudflare reports usage per chunk, not (documented) per item.
+        manifest["usage"] = {
+            "prompt_tokens": progress.usage["prompt_tokens"],
+            "completion_tokens": progress.usage["completion_tokens"],
+            "total_tokens": progress.usage["total_tokens"],
+        }
+    return manifest
+
+
+class _QueueProgress:
+    def __init__(self) -> None:
+        self.offset = 0
+        self.usage = dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), 0)
+        self.usage_complete = True
+
+    def add_usage(self, usage: Any) -> None:
+        if not isinstance(usage, Mapping):
+            self.usage_complete = False
+            return
+        for key in self.usage:
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                self.usage[key] += value
+
+
+async def _collect(
+    client: AsyncCloudflareClient,
+    model: str,
+    request_ids: Sequence[str],
+    writer: OrderedResultWriter,
+    start: int,
+    poll_interval: float,
+    chunk_sizes: Sequence[int] | None,
+    progress: _QueueProgress,
+    sleep: Callable[[float], Awaitable[None]],
+) -> None:
+    for chunk, request_id in enumerate(request_ids):
+        done = await _wait_for_responses(client, model, request_id, poll_interval, sleep)
+        size = chunk_sizes[chunk] if chunk_sizes is not None else None
+        records, count = _chunk_records(done["responses"], progress.offset, size, request_id)
+        progress.add_usage(done.get("usage"))
+        fresh = [record for record in records if record["index"] >= start]
+        if fresh:
+            await asyncio.to_thread(_add_all, writer, fresh)
+        progress.offset += count
+        log.info("Batch %s: %d response(s) collected", request_id, count)
+
+
+async def _wait_for_responses(
+    client: AsyncCloudflareClient,
+    model: str,
+    request_id: str,
+    poll_interval: float,
+    sleep: Callable[[float], Awaitable[None]],
+) -> dict[str, Any]:
+    last = None
+    while True:
+        result = await client.poll_batch(model, request_id)
+        if isinstance(result.get("responses"), list):
+            return result
+        status = result.get("status")
+        if status not in _PENDING:
+            raise CloudflarePermanentAPIError(
+                "POST",
+                client.run_path(model),
+                200,
+                detail=f"batch {request_id} answered status {status!r} without responses",
+            )
+        if status != last:
+            log.info("Batch %s is %s", request_id, status)
+            last = status
+        await sleep(poll_interval)
+
+
+def _chunk_records(
+    responses: list[Any], offset: int, size: int | None, request_id: str
+) -> tuple[list[dict[str, Any]], int]:
+    """Records for one chunk's responses, in index order, and the chunk's item count."""
+    by_id: dict[int, dict[str, Any]] = {}
+    for response in responses:
+        item_id = response.get("id") if isinstance(response, Mapping) else None
+        if not isinstance(item_id, int) or isinstance(item_id, bool) or item_id < 0:
+            log.warning("Batch %s: ignoring a response without a valid id", request_id)
+            continue
+        if (size is not None and item_id >= size) or item_id in by_id:
+            log.warning("Batch %s: ignoring an unexpected or repeated response for id %d", request_id, item_id)
+            continue
+        by_id[item_id] = dict(response)
+    count = size if size is not None else max(by_id, default=-1) + 1
+    records = []
+    for item_id in range(count):
+        index = offset + item_id
+        response = by_id.get(item_id)
+        if response is None:
+            message = f"the Batch API returned no response for item {item_id} of request {request_id}"
+            records.append(failure_record(index, None, status=None, message=message))
+            continue
+        reference = response.get("external_reference")
+        reference = reference if isinstance(reference, str) else None
+        if response.get("success") is True:
+            records.append(success_record(index, reference, response.get("result")))
+        else:
+            codes, message = _item_error(response)
+            records.append(failure_record(index, reference, status=None, codes=codes, message=message))
+    return records, count
+
+
+def _item_error(response: Mapping[str, Any]) -> tuple[list[int], str]:
+    """Codes and message of a failed Batch API item, whatever shape Cloudflare gives it (undocumented)."""
+    raw = response.get("errors", response.get("error"))
+    items = raw if isinstance(raw, list) else [raw] if raw is not None else []
+    codes: list[int] = []
+    messages: list[str] = []
+    for item in items:
+        if isinstance(item, Mapping):
+            code = item.get("code")
+            if isinstance(code, int) and not isinstance(code, bool):
+                codes.append(code)
+            text = str(item.get("message", "")).strip()
+            messages.append(f"[{code}] {text}" if code is not None else text)
+        else:
+            messages.append(str(item))
+    message = "; ".join(m for m in messages if m) or "the Batch API reported this item as failed"
+    return codes, message
+
+
+# -- shared -----------------------------------------------------------------------------------------
+
+
+async def _until(deadline: float | None, work: Coroutine[Any, Any, None]) -> bool:
+    """Run ``work``; ``False`` if the deadline (epoch seconds) came first and cut it short."""
+    if deadline is None:
+        await work
+        return True
+    remaining = deadline - time.time()
+    if remaining <= 0:
+        work.close()
+        return False
+    try:
+        await asyncio.wait_for(work, remaining)
+    except asyncio.TimeoutError:
+        if time.time() < deadline:
+            raise  # a timeout from inside the work (a file system, say), not the deadline
+        return False
+    return True
+
+
+async def _all_or_none(work: list[Coroutine[Any, Any, None]]) -> None:
+    """Run coroutines together; when one fails (or this is cancelled), cancel the others and wait."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in work]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _room_for(index: int, writer: OrderedResultWriter) -> bool:
+    return index - writer.next_index < AHEAD
+
+
+def _take(items: Iterator[tuple[int, dict[str, Any]]], count: int) -> list[tuple[int, dict[str, Any]]]:
+    return list(itertools.islice(items, count))
+
+
+def _count_inputs(inputs_path: str, start: int) -> int:
+    return start + sum(1 for _ in iter_inputs(inputs_path, start))
+
+
+def _add_all(writer: OrderedResultWriter, records: list[dict[str, Any]]) -> None:
+    for record in records:
+        writer.add_sync(record["index"], record)
+
+
+def _reason(error: CloudflareAPIError) -> str:
+    """An item's error for its record: Cloudflare's messages, without the request line."""
+    reasons = "; ".join(
+        f"[{e['code']}] {e.get('message', '')}".strip() if e.get("code") is not None else str(e.get("message", ""))
+        for e in error.errors
+    )
+    status = f"HTTP {error.status}" if error.status is not None else "no response"
+    return f"{status}: {reasons or error.detail or 'no details'}"

@@ -1,0 +1,310 @@
+"""Operator that runs a Workers AI model over many inputs without holding a worker slot."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_cfai.exceptions import (
+    AirflowFailException,
+    CloudflareAIError,
+    CloudflareInputError,
+)
+from airflow_provider_cfai.operators._common import (
+    CloudflareAIBaseOperator,
+    as_bool,
+    check_choice,
+    check_text,
+    is_template,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_cfai.batch.items import BatchManifest
+
+__all__ = ["WorkersAIBatchOperator"]
+
+ENGINES = ("auto", "queue", "direct")
+#: XCom keys besides ``return_value``: the queued batches (pushed before deferring), and the manifest
+#: of a batch that failed the task (timeout, too many failures).
+REQUEST_IDS_KEY = "batch_request_ids"
+MANIFEST_KEY = "batch_manifest"
+# The triggerer's own timeout is only a backstop: the trigger stops at the deadline and reports it.
+_GRACE = 60.0
+
+
+class WorkersAIBatchOperator(CloudflareAIBaseOperator):
+    """Run a Workers AI model over many inputs; write one result line per input; return a manifest.
+
+    Results go to ``output`` as JSONL, one line per input in input order (``index``,
+    ``external_reference``, ``success``, ``result`` or ``error``). XCom ``return_value`` gets a small
+    manifest: counts, failures, ``failure_ratio``, token usage, ``output``, ``engine``,
+    ``request_ids``, ``resumed_from``, ``status`` — never the results.
+
+    Two engines: ``queue`` submits the inputs to Cloudflare's asynchronous Batch API (models with the
+    catalog's ``async_queue`` property, no ``lora``) and polls for the answers; ``direct`` makes paced,
+    bounded-concurrency ``/ai/run`` calls (every LoRA base model). ``engine="auto"`` picks from the
+    catalog. With ``deferrable=True`` the worker only validates (and submits, for ``queue``) and then
+    frees its slot: the triggerer polls or makes the calls.
+
+    Retries re-attach, never redo: queued request IDs are recorded before deferring (in
+    ``<output>.batch.json``, in XCom ``batch_request_ids`` and, on Airflow 3.3+, in the task state
+    store), and the direct engine resumes after the records already in ``output``. A batch that ran
+    before with the same inputs and settings and is complete is returned without any API call;
+    delete ``output`` to run it again. ``execution_timeout`` is the batch's deadline: reaching it
+    raises :class:`~airflow_provider_cfai.exceptions.BatchTimeoutError` (retried, resuming), keeping
+    what was written. When more than ``max_failure_ratio`` of the items failed, the task fails with
+    :class:`~airflow_provider_cfai.exceptions.BatchFailureRatioError` once the output is complete.
+
+    With ``deferrable=True`` and a local ``output``, the triggerer writes the file: it must see the
+    same disk as the workers (use object storage or a shared volume on multi-machine deployments).
+
+    :param model: the model, e.g. ``@cf/mistral/mistral-7b-instruct-v0.2-lora``.
+    :param inputs: a list of model inputs (``{"prompt": ...}`` or ``{"messages": [...]}``, each
+        optionally with ``"external_reference"``), or a JSONL file with one input per line: a local
+        path, an fsspec URL or an ``ObjectStoragePath``. A list is staged to ``<output>.inputs.jsonl``.
+    :param output: where to write the results (JSONL): a local path, an fsspec URL or an
+        ``ObjectStoragePath`` (kept as ``output_location``: ``output`` is the operator's XComArg).
+    :param lora: a finetune ID or name applied to every input (direct engine).
+    :param deferrable: free the worker slot while the batch runs (default); ``False`` runs the same
+        engine in the worker.
+    :param engine: ``"auto"``, ``"queue"`` or ``"direct"``.
+    :param max_failure_ratio: the share of failed items (0 to 1) the task tolerates; default 0.
+    :param concurrency: direct engine: calls in flight at once.
+    :param poll_interval: queue engine: seconds between polls.
+    :param account_id: overrides the connection's account ID.
+    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use.
+    """
+
+    template_fields: Sequence[str] = (
+        "model",
+        "inputs",
+        "output_location",
+        "lora",
+        "deferrable",
+        "engine",
+        "max_failure_ratio",
+        "concurrency",
+        "poll_interval",
+        "account_id",
+        "cloudflare_conn_id",
+    )
+    template_fields_renderers = {"inputs": "json"}
+    ui_color = "#f6821f"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        inputs: Any,
+        output: Any,
+        lora: str | None = None,
+        deferrable: bool = True,
+        engine: str = "auto",
+        max_failure_ratio: float = 0.0,
+        concurrency: int = 8,
+        poll_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.inputs = inputs
+        self.output_location = output
+        self.lora = lora
+        self.deferrable = deferrable
+        self.engine = engine
+        self.max_failure_ratio = max_failure_ratio
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self._check(rendered=False)
+
+    # -- worker -----------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> BatchManifest:
+        from airflow_provider_cfai.batch import worker
+
+        self._check(rendered=True)
+        output = _location("output", self.output_location)
+        batch = worker.open_batch(
+            model=self.model.strip(),
+            lora=_text(self.lora),
+            inputs=list(self.inputs) if _is_list(self.inputs) else _location("inputs", self.inputs),
+            output=output,
+            engine=str(self.engine),
+            hook=self.hook,
+            account_id=self.account_id,
+            state_store=context.get("task_state_store"),  # Airflow 3.3+
+            log=self.log,
+        )
+        if batch.complete:
+            self.log.info("%s already holds all %d result(s) of this batch; nothing to run", output, batch.total)
+            return self._finish(context, worker.finished_manifest(batch))
+        if batch.engine == "queue":
+            worker.submit_chunks(batch, self.hook, account_id=self.account_id, log=self.log)
+            context["ti"].xcom_push(key=REQUEST_IDS_KEY, value=list(batch.ledger.request_ids))
+
+        deadline = self._deadline(context)
+        concurrency, poll_interval = _whole("concurrency", self.concurrency), float(self.poll_interval)
+        if as_bool("deferrable", self.deferrable):
+            from airflow_provider_cfai.triggers.batch import WorkersAIBatchTrigger
+
+            trigger = WorkersAIBatchTrigger(
+                cloudflare_conn_id=self.cloudflare_conn_id,
+                engine=batch.engine,
+                model=batch.model,
+                inputs_path=batch.ledger.inputs,
+                output=output,
+                lora=batch.lora,
+                request_ids=list(batch.ledger.request_ids) or None,
+                chunk_sizes=list(batch.ledger.chunk_sizes) or None,
+                account_id=self.account_id,
+                concurrency=concurrency,
+                poll_interval=poll_interval,
+                deadline=deadline,
+            )
+            # The trigger stops at the deadline itself; the triggerer's timeout is only a backstop.
+            timeout = None if deadline is None else timedelta(seconds=max(0.0, deadline - time.time()) + _GRACE)
+            self.log.info("Deferring: %s engine, %d input(s), results to %s", batch.engine, batch.total, output)
+            self.defer(trigger=trigger, method_name="execute_complete", timeout=timeout)
+        if deadline is not None:
+            # Airflow's own execution_timeout alarm fires at the deadline: stop a little before it,
+            # so the timeout is reported as one, with the output closed.
+            deadline -= min(30.0, 0.1 * self.execution_timeout.total_seconds())  # type: ignore[union-attr]
+        manifest = worker.run_engine(
+            batch,
+            self.hook.settings,
+            account_id=self.account_id,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            deadline=deadline,
+        )
+        return self._finish(context, manifest)
+
+    def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> BatchManifest:
+        """Resume after the trigger: check its event, apply ``max_failure_ratio``, return the manifest."""
+        if not isinstance(event, Mapping):
+            raise CloudflareAIError(f"The batch trigger sent no usable event ({event!r}); a retry re-attaches")
+        status, manifest = event.get("status"), event.get("manifest")
+        if status == "error" or not isinstance(manifest, Mapping):
+            message = f"The batch failed: {event.get('message') or 'no reason given'}"
+            if event.get("permanent"):
+                raise AirflowFailException(message)  # a retry would fail the same way
+            raise CloudflareAIError(f"{message}; a retry resumes after the results already written")
+        return self._finish(context, manifest)  # type: ignore[arg-type]
+
+    def _check(self, *, rendered: bool) -> None:
+        """Validate what can be validated now; templates are checked again once rendered."""
+        check_text("model", self.model)
+        check_text("lora", self.lora, optional=True)
+        check_choice("engine", self.engine, ENGINES)
+        _check_inputs(self.inputs, rendered=rendered)
+        if rendered or not is_template(self.output_location):
+            _location("output", self.output_location)
+        if rendered or not is_template(self.deferrable):
+            as_bool("deferrable", self.deferrable)
+        for field, high in (("max_failure_ratio", 1.0), ("poll_interval", None)):
+            if rendered or not is_template(getattr(self, field)):
+                _number(field, getattr(self, field), high=high, open_low=field == "poll_interval")
+        if rendered or not is_template(self.concurrency):
+            _whole("concurrency", self.concurrency)
+        if self.engine == "queue" and _text(self.lora) is not None and not is_template(self.lora):
+            raise CloudflareInputError(
+                "engine='queue' cannot apply a lora: Cloudflare does not document LoRAs in Batch API "
+                "requests. Use engine='direct' (or 'auto', which picks it for a lora)."
+            )
+
+    def _deadline(self, context: Context) -> float | None:
+        """``execution_timeout`` counted from the task's start, as epoch seconds."""
+        if self.execution_timeout is None:
+            return None
+        started = getattr(context.get("ti"), "start_date", None)
+        start = started.timestamp() if started is not None else time.time()
+        return start + self.execution_timeout.total_seconds()
+
+    def _finish(self, context: Context, manifest: BatchManifest) -> BatchManifest:
+        from airflow_provider_cfai.batch import worker
+
+        def keep_manifest(failed: BatchManifest) -> None:
+            context["ti"].xcom_push(key=MANIFEST_KEY, value=failed)
+
+        return worker.outcome(
+            manifest,
+            max_failure_ratio=float(self.max_failure_ratio),
+            execution_timeout=self.execution_timeout,
+            on_failure=keep_manifest,
+            log=self.log,
+        )
+
+
+# -- argument checks --------------------------------------------------------------------------------------
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _check_inputs(inputs: Any, *, rendered: bool) -> None:
+    if not rendered and is_template(inputs):
+        return
+    if _is_list(inputs):
+        if not inputs:
+            raise CloudflareInputError("inputs is an empty list; give at least one model input")
+        for index, item in enumerate(inputs):
+            if not rendered and is_template(item):
+                continue
+            if not isinstance(item, Mapping):
+                raise CloudflareInputError(
+                    f"inputs[{index}] must be a mapping such as {{'prompt': '...'}}, got {type(item).__name__}"
+                )
+        return
+    if isinstance(inputs, Mapping):
+        raise CloudflareInputError(
+            "inputs must be a list of model inputs or a JSONL file, not one mapping; "
+            "for a single input use WorkersAIRunOperator, or wrap it in a list"
+        )
+    _location("inputs", inputs)
+
+
+def _location(field: str, value: Any) -> str:
+    """A location as a string: a local path, an fsspec URL, or an ObjectStoragePath's URL."""
+    if hasattr(value, "fs") and hasattr(value, "path") and not isinstance(value, str):
+        return str(value)  # an ObjectStoragePath: its string keeps the connection (conn_id@...)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise CloudflareInputError(
+            f"{field} must be a local path, an fsspec URL or an ObjectStoragePath, got {value!r}"
+        )
+    return value.strip()
+
+
+def _number(field: str, value: Any, *, high: float | None, open_low: bool = False) -> float:
+    """A number in [0, high] (or (0, high] with ``open_low``), from a value or a rendered string."""
+    try:
+        number = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        number = float("nan")
+    too_low = number <= 0 if open_low else number < 0
+    if number != number or too_low or (high is not None and number > high):
+        bounds = f"from 0.0 to {high}" if high is not None else "greater than 0"
+        raise CloudflareInputError(f"{field} must be a number {bounds}, got {value!r}")
+    return number
+
+
+def _whole(field: str, value: Any) -> int:
+    """A whole number of at least 1, from a value or a rendered string."""
+    try:
+        number = int(str(value).strip()) if not isinstance(value, (bool, float)) else 0
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise CloudflareInputError(f"{field} must be a whole number of at least 1, got {value!r}")
+    return number
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None

@@ -1,0 +1,164 @@
+"""WorkersAIBatchTrigger: a batch evaluation's engine, run in the triggerer while its task is deferred.
+
+The operator defers to this trigger with plain data only (a connection id, the inputs and output
+locations, request IDs); the trigger reads the connection, runs the engine, and fires exactly one
+event carrying the manifest, never the results (those are in ``output``).
+
+This module imports Airflow's trigger base classes, which are not light: operator modules import it
+inside ``execute``, never at the top.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from airflow_provider_cfai.batch.items import BatchManifest
+
+__all__ = ["ENGINES", "WorkersAIBatchTrigger"]
+
+ENGINES = ("direct", "queue")
+_CONN_TYPE = "cloudflare_ai"
+
+
+class WorkersAIBatchTrigger(BaseTrigger):
+    """Run a batch's direct engine, or collect its queued Batch API requests, then fire one event.
+
+    The event's payload is ``{"status": "success"|"timeout"|"error", "manifest": BatchManifest | None,
+    "message": str}``: ``timeout`` when ``deadline`` came first (what was written stays written, and
+    a new run resumes after it), ``error`` when the batch could not go on (the message says why;
+    ``manifest`` is then ``None``, and ``"permanent": true`` says a retry would fail the same way).
+
+    :param cloudflare_conn_id: the Airflow connection (type ``cloudflare_ai``).
+    :param engine: ``"direct"`` (paced ``/ai/run`` calls) or ``"queue"`` (poll ``request_ids``).
+    :param model: the Workers AI model.
+    :param inputs_path: the JSONL inputs, a local path or an fsspec URL (read by the direct engine).
+    :param output: where the result records go, a local path or an fsspec URL.
+    :param lora: a finetune applied to every item (direct engine).
+    :param request_ids: the queued submissions' request IDs, in chunk order (queue engine).
+    :param chunk_sizes: the item count of each queued chunk, when known (queue engine).
+    :param account_id: another account than the connection's login.
+    :param concurrency: calls in flight at once (direct engine).
+    :param poll_interval: seconds between polls of a pending request (queue engine).
+    :param deadline: epoch seconds after which the trigger stops with a ``timeout`` event.
+    """
+
+    def __init__(
+        self,
+        cloudflare_conn_id: str,
+        engine: str,
+        model: str,
+        inputs_path: str,
+        output: str,
+        lora: str | None = None,
+        request_ids: list[str] | None = None,
+        account_id: str | None = None,
+        concurrency: int = 8,
+        poll_interval: float = 5.0,
+        deadline: float | None = None,
+        chunk_sizes: list[int] | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        if engine == "queue" and not request_ids:
+            raise ValueError("the queue engine needs the submissions' request_ids")
+        self.cloudflare_conn_id = cloudflare_conn_id
+        self.engine = engine
+        self.model = model
+        self.inputs_path = inputs_path
+        self.output = output
+        self.lora = lora
+        self.request_ids = list(request_ids) if request_ids else None
+        self.account_id = account_id
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.deadline = deadline
+        self.chunk_sizes = list(chunk_sizes) if chunk_sizes is not None else None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "cloudflare_conn_id": self.cloudflare_conn_id,
+                "engine": self.engine,
+                "model": self.model,
+                "inputs_path": self.inputs_path,
+                "output": self.output,
+                "lora": self.lora,
+                "request_ids": self.request_ids,
+                "account_id": self.account_id,
+                "concurrency": self.concurrency,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "chunk_sizes": self.chunk_sizes,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_provider_cfai.exceptions import AirflowFailException, CloudflareAIError
+
+        try:
+            manifest = await self._run_engine()
+        except CloudflareAIError as error:
+            self.log.error("Batch on %s stopped: %s", self.model, error)
+            # "permanent": a retry of the task would meet the same error (bad input, credentials, 4xx).
+            permanent = isinstance(error, AirflowFailException)
+            yield _event({"status": "error", "manifest": None, "message": str(error), "permanent": permanent})
+            return
+        except Exception as error:
+            # Anything else still ends in one event, so the task fails with a message, not a hang.
+            self.log.exception("Batch on %s failed", self.model)
+            message = f"{type(error).__name__}: {error}"
+            yield _event({"status": "error", "manifest": None, "message": message, "permanent": False})
+            return
+        status = manifest["status"]
+        message = (
+            f"{manifest['succeeded']} succeeded, {manifest['failed']} failed of {manifest['total']} "
+            f"({self.engine} engine)"
+        )
+        if status == "timeout":
+            message = f"deadline reached: {message}; the records written so far are kept"
+        yield _event({"status": status, "manifest": manifest, "message": message})
+
+    async def _run_engine(self) -> BatchManifest:
+        from airflow.sdk import BaseHook
+
+        from airflow_provider_cfai.batch.client import AsyncCloudflareClient
+        from airflow_provider_cfai.batch.engines import collect_queue, run_direct
+        from airflow_provider_cfai.hooks._connection import read_settings
+
+        conn = await BaseHook.aget_connection(self.cloudflare_conn_id)
+        settings = read_settings(conn, self.cloudflare_conn_id, _CONN_TYPE, {})
+        connections = max(self.concurrency, 1)
+        async with AsyncCloudflareClient(
+            settings, account_id=self.account_id, max_connections=connections, logger=self.log
+        ) as client:
+            if self.engine == "direct":
+                return await run_direct(
+                    client,
+                    model=self.model,
+                    lora=self.lora,
+                    inputs_path=self.inputs_path,
+                    output=self.output,
+                    concurrency=self.concurrency,
+                    deadline=self.deadline,
+                )
+            return await collect_queue(
+                client,
+                model=self.model,
+                request_ids=self.request_ids or [],
+                output=self.output,
+                poll_interval=self.poll_interval,
+                deadline=self.deadline,
+                chunk_sizes=self.chunk_sizes,
+                lora=self.lora,
+            )
+
+
+def _event(payload: dict[str, Any]) -> TriggerEvent:
+    return TriggerEvent(payload)  # type: ignore[no-untyped-call]

@@ -1,0 +1,186 @@
+"""AsyncCloudflareClient: one API call over httpx, driven by the shared retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from airflow_provider_cfai.batch.client import AsyncCloudflareClient
+from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareAuthError, CloudflarePermanentAPIError
+from airflow_provider_cfai.hooks._connection import ConnectionSettings
+from airflow_provider_cfai.policy import AttemptFailed
+
+if TYPE_CHECKING:
+    from airflow_provider_cfai.testing import RunningEmulator
+
+MODEL = "@cf/meta/llama-3.1-8b-instruct"
+RUN = r"/ai/run/"
+
+
+def settings_for(emulator: RunningEmulator, **overrides: Any) -> ConnectionSettings:
+    fields: dict[str, Any] = {
+        "account_id": emulator.account_id,
+        "base_url": emulator.base_url,
+        "timeout": 10.0,
+        "max_retries": 3,
+        "retry_budget": 60.0,
+        "token": emulator.token,
+    }
+    fields.update(overrides)
+    return ConnectionSettings(**fields)
+
+
+class FakeSleep:
+    """Records the waits tenacity asks for instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def call(settings: ConnectionSettings, inputs: dict[str, Any], sleep: FakeSleep | None = None) -> Any:
+    async def main() -> Any:
+        async with AsyncCloudflareClient(settings, sleep=sleep) as client:
+            return await client.run_model(MODEL, inputs)
+
+    return asyncio.run(main())
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_call_returns_the_envelopes_result(emulator: RunningEmulator) -> None:
+    result = call(settings_for(emulator), {"prompt": "hello"})
+
+    assert result["response"] == f"[{MODEL}] hello"
+
+
+def test_a_5xx_is_retried_with_backoff_until_it_passes(emulator: RunningEmulator) -> None:
+    rule = emulator.add_fault(method="POST", path=RUN, status=503, times=2)
+    sleep = FakeSleep()
+
+    result = call(settings_for(emulator), {"prompt": "hello"}, sleep)
+
+    assert emulator.fired(rule) == 2
+    assert result["response"].endswith("hello")
+    assert [int(w * 2) / 2 for w in sleep.waits] == [0.5, 1.0]  # backoff plus < 0.5 s jitter
+
+
+def test_the_policy_gives_up_after_max_retries(emulator: RunningEmulator) -> None:
+    rule = emulator.add_fault(method="POST", path=RUN, status=502, times=10)
+
+    with pytest.raises(CloudflareAPIError) as raised:
+        call(settings_for(emulator, max_retries=2), {"prompt": "hello"}, FakeSleep())
+
+    assert emulator.fired(rule) == 3
+    assert raised.value.status == 502
+
+
+def test_a_4xx_fails_at_once(emulator: RunningEmulator) -> None:
+    with pytest.raises(CloudflarePermanentAPIError) as raised:
+        call(settings_for(emulator), {"nothing": "here"}, FakeSleep())
+
+    assert raised.value.status == 400
+    assert raised.value.codes == [5006]
+    assert emulator.state()["counters"]["POST /accounts/{account_id}/ai/run/{model:path}"] == 1
+
+
+def test_a_429_waits_exactly_its_retry_after(emulator: RunningEmulator) -> None:
+    rule = emulator.add_fault(method="POST", path=RUN, status=429, headers={"Retry-After": "7"})
+    sleep = FakeSleep()
+
+    call(settings_for(emulator), {"prompt": "hello"}, sleep)
+
+    assert emulator.fired(rule) == 1
+    assert sleep.waits == [7.0]
+
+
+def test_a_retry_after_beyond_the_budget_stops_the_call_at_once(emulator: RunningEmulator) -> None:
+    rule = emulator.add_fault(method="POST", path=RUN, status=429, headers={"Retry-After": "300"}, times=3)
+    sleep = FakeSleep()
+
+    with pytest.raises(CloudflareAPIError) as raised:
+        call(settings_for(emulator, retry_budget=20.0), {"prompt": "hello"}, sleep)
+
+    assert emulator.fired(rule) == 1
+    assert sleep.waits == []
+    assert raised.value.status == 429
+
+
+def test_rejected_credentials_are_an_auth_error(emulator: RunningEmulator) -> None:
+    with pytest.raises(CloudflareAuthError):
+        call(settings_for(emulator, token="wrong-token-0123456789"), {"prompt": "hello"}, FakeSleep())
+
+
+def test_a_dropped_connection_is_retried(emulator: RunningEmulator) -> None:
+    rule = emulator.add_fault(method="POST", path=RUN, action="drop")
+
+    result = call(settings_for(emulator), {"prompt": "hello"}, FakeSleep())
+
+    assert emulator.fired(rule) == 1
+    assert result["response"].endswith("hello")
+
+
+def test_a_refused_connection_names_the_server_only_and_sent_nothing(emulator: RunningEmulator) -> None:
+    port = closed_port()
+    settings = settings_for(emulator, base_url=f"http://127.0.0.1:{port}/client/v4", max_retries=0)
+
+    async def attempt() -> AttemptFailed:
+        async with AsyncCloudflareClient(settings) as client:
+            with pytest.raises(AttemptFailed) as raised:
+                await client._send("POST", client.run_path(MODEL), json={"prompt": "x"}, params={"a": "secret"})
+            return raised.value
+
+    failed = asyncio.run(attempt())
+
+    assert failed.outcome_unknown is False
+    assert failed.error.status is None
+    assert f"could not connect to http://127.0.0.1:{port}" in str(failed.error)
+    assert "secret" not in str(failed.error)
+    assert emulator.token not in str(failed.error)
+
+
+def test_a_read_timeout_leaves_the_outcome_unknown(emulator: RunningEmulator) -> None:
+    rule = emulator.add_fault(method="POST", path=RUN, action="delay_after_commit", delay=2.0)
+    settings = settings_for(emulator, timeout=0.5)
+
+    async def attempt() -> AttemptFailed:
+        async with AsyncCloudflareClient(settings) as client:
+            with pytest.raises(AttemptFailed) as raised:
+                await client._send("POST", client.run_path(MODEL), json={"prompt": "x"}, params=None)
+            return raised.value
+
+    failed = asyncio.run(attempt())
+
+    assert emulator.fired(rule) == 1
+    assert failed.outcome_unknown is True
+    assert "read timeout" in str(failed.error)
+
+
+def test_poll_batch_answers_a_pending_requests_status(emulator: RunningEmulator) -> None:
+    import requests
+
+    emulator.configure(queue_delay=3600)
+    model = "@cf/meta/llama-3.3-70b-instruct-fp8-fast"
+    submitted = requests.post(
+        f"{emulator.base_url}/accounts/{emulator.account_id}/ai/run/{model}?queueRequest=true",
+        json={"requests": [{"prompt": "hi"}]},
+        headers={"Authorization": f"Bearer {emulator.token}"},
+        timeout=10,
+    ).json()["result"]
+
+    async def main() -> dict[str, Any]:
+        async with AsyncCloudflareClient(settings_for(emulator)) as client:
+            return await client.poll_batch(model, submitted["request_id"])
+
+    result = asyncio.run(main())
+
+    assert result == {"status": "queued", "request_id": submitted["request_id"], "model": model}
