@@ -83,10 +83,25 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_cfai.operators.finetune",
                     "airflow_provider_cfai.operators.inference",
+                    "airflow_provider_cfai.operators.batch",
                 ],
             }
         ],
+        "triggers": [
+            {
+                "integration-name": "Cloudflare Workers AI",
+                "python-modules": ["airflow_provider_cfai.triggers.batch"],
+            }
+        ],
         "extra-links": ["airflow_provider_cfai.links.CloudflareWorkersAILink"],
+        "asset-uris": [
+            {
+                "schemes": ["cloudflare-workers-ai"],
+                "handler": "airflow_provider_cfai.assets.sanitize_uri",
+                "factory": "airflow_provider_cfai.assets.finetune_asset",
+                "to_openlineage_converter": "airflow_provider_cfai.lineage.asset_to_openlineage",
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "cloudflare_ai",

@@ -13,13 +13,15 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 try:  # Airflow 3.2+
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout
 except ImportError:  # Airflow 3.1
-    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
+    from airflow.exceptions import AirflowFailException, AirflowTaskTimeout  # type: ignore[no-redef]
 
 __all__ = [
     "AdapterValidationError",
     "AirflowFailException",
+    "BatchFailureRatioError",
+    "BatchTimeoutError",
     "CloudflareAIError",
     "CloudflareAPIError",
     "CloudflareAuthError",
@@ -27,6 +29,7 @@ __all__ = [
     "CloudflareInputError",
     "CloudflarePermanentAPIError",
     "FinetuneConflictError",
+    "PreflightCheckError",
 ]
 
 
@@ -59,6 +62,14 @@ class AdapterValidationError(CloudflareInputError):
 
 class FinetuneConflictError(CloudflareInputError):
     """A finetune with the requested name already exists (``if_exists="fail"``) or has another model."""
+
+
+class PreflightCheckError(CloudflareInputError):
+    """A check before a create failed: the finetune, which cannot be deleted, could never serve or fit.
+
+    Raised before ``POST /ai/finetunes`` for a base model that is unknown or takes no LoRA, an adapter
+    of another model family, or an account at its finetune limit.
+    """
 
 
 def _format_errors(errors: Sequence[Mapping[str, Any]]) -> str:
@@ -143,3 +154,15 @@ class CloudflarePermanentAPIError(CloudflareAPIError, AirflowFailException):
 
 class CloudflareAuthError(CloudflarePermanentAPIError):
     """Cloudflare rejected the credentials (HTTP 401/403)."""
+
+
+class BatchTimeoutError(CloudflareAIError, AirflowTaskTimeout):
+    """A batch reached its deadline (the task's ``execution_timeout``) before every input had a result.
+
+    Not a failed batch: the results so far stay in the output, and a retry resumes after them (or
+    re-attaches to the queued batch) instead of starting over.
+    """
+
+
+class BatchFailureRatioError(CloudflareAIError, AirflowFailException):
+    """More items of a batch failed than ``max_failure_ratio`` allows; raised after the output is written."""

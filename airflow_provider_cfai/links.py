@@ -19,7 +19,9 @@ class CloudflareWorkersAILink(BaseOperatorLink):
     """ "Cloudflare Workers AI" button on a task: opens the account's Workers AI dashboard page.
 
     Airflow 3 serves extra links from XCom: the operator stores the finished URL with
-    :meth:`persist` when it succeeds, so the UI needs neither the connection nor the operator.
+    :meth:`persist` as the first thing it does (the URL depends only on the account), so a task
+    that fails still has its link, Airflow finds the XCom it looks for when the task ends, and the
+    UI needs neither the connection nor the operator.
     """
 
     name = "Cloudflare Workers AI"

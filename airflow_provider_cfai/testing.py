@@ -1,24 +1,21 @@
-"""Run the Cloudflare Workers AI emulator in your own tests.
+"""Run the Cloudflare Workers AI emulator from your own code and tests; needs no pytest.
 
-Enable the plugin in your ``conftest.py`` and use the ``cloudflare_ai_emulator`` fixture: it starts
-one emulator process per test session, resets it before each test, and points the
-``cloudflare_ai_default`` Airflow connection at it::
+Outside pytest (a script, a notebook, a demo)::
 
-    # conftest.py
-    pytest_plugins = ("airflow_provider_cfai.testing",)
+    from airflow_provider_cfai.testing import run_emulator
 
-    # test_my_dag.py
-    def test_dag_registers_one_finetune(cloudflare_ai_emulator):
-        my_dag.test()
-        (finetune,) = cloudflare_ai_emulator.finetunes()
-        assert set(finetune["assets"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    with run_emulator(rate_limit=10) as emulator:
+        os.environ["AIRFLOW_CONN_CLOUDFLARE_AI_DEFAULT"] = emulator.connection_json()
+        ...
+        print(emulator.finetunes())
 
-    def test_task_survives_a_lost_create_response(cloudflare_ai_emulator):
-        cloudflare_ai_emulator.add_fault(path=r"/ai/finetunes$", method="POST", action="drop_after_commit")
-        my_dag.test()
-        assert len(cloudflare_ai_emulator.finetunes()) == 1
+In pytest, enable the plugin in your ``conftest.py`` (``pip install airflow-provider-cfai[testing]``)
+and use its ``cloudflare_ai_emulator`` fixture (see :mod:`airflow_provider_cfai.pytest_plugin`)::
 
-Outside pytest, ``with run_emulator(rate_limit=10) as emulator: ...`` gives the same object.
+    pytest_plugins = ("airflow_provider_cfai.pytest_plugin",)
+
+The older ``pytest_plugins = ("airflow_provider_cfai.testing",)`` keeps working: when pytest is
+installed this module re-exports the plugin's fixtures.
 """
 
 from __future__ import annotations
@@ -34,10 +31,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
-
-import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -47,8 +42,7 @@ __all__ = [
     "EmulatorProcess",
     "EmulatorStartupError",
     "RunningEmulator",
-    "cloudflare_ai_emulator",
-    "cloudflare_ai_emulator_server",
+    "SetsEnv",
     "point_connection_at",
     "run_emulator",
 ]
@@ -62,7 +56,11 @@ class EmulatorStartupError(RuntimeError):
 
 
 class RunningEmulator:
-    """A live emulator: its URLs and credentials, and its control API as methods."""
+    """A live emulator: its URLs and credentials, and its control API as methods.
+
+    Fault injection: :meth:`add_fault` returns the rule (with its ``id``); :meth:`fired` says how many
+    requests it took, so a test can prove its fault really happened.
+    """
 
     def __init__(
         self,
@@ -140,12 +138,14 @@ class RunningEmulator:
         html: bool = False,
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
+        request_body: str | None = None,
     ) -> dict[str, Any]:
         """Make the next ``times`` calls whose path (after ``/client/v4``) matches regex ``path`` misbehave.
 
         ``action``: ``respond`` (answer ``status``/``body`` without doing the work), ``drop`` (close the
         connection without doing the work), ``drop_after_commit`` (do the work, then close the
         connection without answering), ``delay_after_commit`` (do the work, answer after ``delay`` s).
+        ``request_body``: a regex the request body must match too (a Batch API poll: ``"request_id"``).
         """
         spec = {
             "path": path,
@@ -158,6 +158,8 @@ class RunningEmulator:
             "headers": headers or {},
             "delay": delay,
         }
+        if request_body is not None:
+            spec["request_body"] = request_body
         result: dict[str, Any] = self._control("POST", "/faults", spec)
         return result
 
@@ -167,6 +169,26 @@ class RunningEmulator:
 
     def clear_faults(self) -> None:
         self._control("DELETE", "/faults")
+
+    def fired(self, rule: dict[str, Any] | int) -> int:
+        """How many requests fault ``rule`` took: the dict :meth:`add_fault` returned, or its ``id``.
+
+        Counts outlive the rule (spent or cleared) until the next :meth:`reset`. Assert on it so a
+        fault test fails when its rule stops matching, instead of passing without the fault::
+
+            rule = emulator.add_fault(method="GET", path=r"/ai/finetunes$", times=2, action="drop")
+            hook.list_finetunes()
+            assert emulator.fired(rule) == 2
+
+        Raises :class:`LookupError` for a rule the emulator does not know (added before the last reset).
+        """
+        rule_id = rule if isinstance(rule, int) else rule["id"]
+        for item in self._control("GET", "/faults?all=true"):
+            if item["id"] == rule_id:
+                return int(item["fired"])
+        raise LookupError(
+            f"fault rule {rule_id} is unknown to this emulator: added to another emulator, or before the last reset"
+        )
 
     def _control(self, method: str, path: str, body: Any = None) -> Any:
         import urllib.error
@@ -361,25 +383,26 @@ def run_emulator(
         yield emulator
 
 
-def point_connection_at(
-    emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch, conn_id: str = DEFAULT_CONN_ID
-) -> None:
-    """Make Airflow connection ``conn_id`` resolve to ``emulator`` for the rest of the test."""
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", emulator.connection_json())
+class SetsEnv(Protocol):
+    """Anything that can set an environment variable, e.g. pytest's ``monkeypatch``."""
+
+    def setenv(self, name: str, value: str, /) -> None: ...
 
 
-@pytest.fixture(scope="session")
-def cloudflare_ai_emulator_server() -> Iterator[RunningEmulator]:
-    """One emulator process for the whole test session (use ``cloudflare_ai_emulator`` in tests)."""
-    with run_emulator() as emulator:
-        yield emulator
+def point_connection_at(emulator: RunningEmulator, env: SetsEnv, conn_id: str = DEFAULT_CONN_ID) -> None:
+    """Make Airflow connection ``conn_id`` resolve to ``emulator`` through ``env.setenv``.
+
+    With pytest's ``monkeypatch`` as ``env`` the variable is removed again after the test.
+    """
+    env.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", emulator.connection_json())
 
 
-@pytest.fixture
-def cloudflare_ai_emulator(
-    cloudflare_ai_emulator_server: RunningEmulator, monkeypatch: pytest.MonkeyPatch
-) -> RunningEmulator:
-    """The session's emulator, reset to its start-up state, with ``cloudflare_ai_default`` aimed at it."""
-    cloudflare_ai_emulator_server.reset(settings=True)
-    point_connection_at(cloudflare_ai_emulator_server, monkeypatch)
-    return cloudflare_ai_emulator_server
+# Backward compatibility: ``pytest_plugins = ("airflow_provider_cfai.testing",)`` in a conftest
+# registered the fixtures from this module, so they stay importable from here when pytest is.
+try:
+    from airflow_provider_cfai.pytest_plugin import cloudflare_ai_emulator, cloudflare_ai_emulator_server
+except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a subprocess without pytest
+    if _missing.name != "pytest":
+        raise
+else:
+    __all__ += ["cloudflare_ai_emulator", "cloudflare_ai_emulator_server"]

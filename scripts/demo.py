@@ -19,8 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = ROOT / ".demo" / "airflow"
-DAGS = ("example_cloudflare_finetune", "example_lora_pipeline")
+DAGS = ("example_cloudflare_finetune", "example_lora_pipeline", "example_batch_evaluation")
 LOGICAL_DATE = "2026-01-05"
+CONSUMER = "example_finetune_asset_consumer"
 
 
 @contextlib.contextmanager
@@ -57,6 +58,17 @@ def xcom_return_value(db: Path, dag_id: str, task_id: str) -> object:
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
+def finetune_asset_events(db: Path) -> tuple[list[tuple[str, str]], set[str]]:
+    """The finetune asset events the runs emitted, and the DAGs they queued for the scheduler."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        events = conn.execute(
+            "SELECT a.uri, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.uri LIKE 'cloudflare-workers-ai://%' ORDER BY e.id"
+        ).fetchall()
+        queued = {row[0] for row in conn.execute("SELECT DISTINCT target_dag_id FROM asset_dag_run_queue")}
+    return events, queued
+
+
 def main() -> int:
     shutil.rmtree(HOME, ignore_errors=True)
     HOME.mkdir(parents=True)
@@ -68,22 +80,44 @@ def main() -> int:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{db}",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        # Where example_batch_evaluation writes its JSONL results.
+        "CFAI_EVAL_DIR": str(ROOT / ".demo" / "eval"),
     }
     with cloudflare() as (conn_json, emulator):
         env["AIRFLOW_CONN_CLOUDFLARE_AI_DEFAULT"] = conn_json
         airflow("db", "migrate", env=env)
+        # The asset-scheduled example must be known to the DB and unpaused for the producers'
+        # events to queue it (running it needs a scheduler; the queue entry is the scheduler's input).
+        airflow("dags", "reserialize", env=env)
+        airflow("dags", "unpause", CONSUMER, env=env)
         for dag_id in DAGS:
             airflow("dags", "test", dag_id, LOGICAL_DATE, env=env)
         finetune_id = xcom_return_value(db, "example_cloudflare_finetune", "create_finetune")
         pipeline_id = xcom_return_value(db, "example_lora_pipeline", "register_finetune")
         answer = xcom_return_value(db, "example_lora_pipeline", "smoke_test")
+        scores = xcom_return_value(db, "example_batch_evaluation", "score")
+        manifest = xcom_return_value(db, "example_batch_evaluation", "evaluate_finetune")
+        promoted = xcom_return_value(db, "example_batch_evaluation", "promote")
+        events, queued = finetune_asset_events(db)
+        if CONSUMER not in queued:
+            raise SystemExit(f"No finetune asset event queued {CONSUMER} (queued: {sorted(queued)})")
         if emulator is not None:
             held = {f["id"]: f for f in emulator.finetunes()}  # type: ignore[attr-defined]
-            for checked in (finetune_id, pipeline_id):
+            for checked in (finetune_id, pipeline_id, promoted):
                 if checked not in held:
                     raise SystemExit(f"XCom holds {checked!r}, which the emulator does not know")
             assets = sorted(held[pipeline_id].get("assets", {}))
             print(f"Emulator holds {len(held)} finetunes; {pipeline_id} has files {', '.join(assets)}")
+    if not isinstance(scores, dict) or not isinstance(manifest, dict):
+        raise SystemExit(f"Unexpected batch evaluation XComs: score={scores!r}, manifest={manifest!r}")
+    print(
+        f"Batch evaluation: finetune {scores['finetune']:.2f} vs base {scores['base']:.2f} -> promoted {promoted} "
+        f"({manifest['succeeded']}/{manifest['total']} answers, {manifest['engine']} engine, "
+        f"{manifest['usage']['total_tokens']} tokens, results in {manifest['output']})"
+    )
+    for uri, extra in events:
+        print(f"Asset event {uri}: {extra}")
+    print(f"{CONSUMER} queued for the scheduler by {len(events)} finetune asset events")
     print(f"Smoke test answer (XCom of smoke_test): {answer}")
     print(f"Finetune ID of the LoRA pipeline (XCom of register_finetune): {pipeline_id}")
     print(f"Finetune ID in XCom (example_cloudflare_finetune.create_finetune): {finetune_id}")

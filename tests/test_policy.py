@@ -155,3 +155,13 @@ def test_the_transports_share_one_copy_of_the_status_rules() -> None:
     )
 
     assert deciders == ["policy.py"]
+
+
+@pytest.mark.parametrize(
+    ("status", "stops"),
+    [(None, True), (401, True), (403, True), (429, True), (400, False), (404, False), (500, False), (503, False)],
+)
+def test_which_item_failures_stop_a_batch(status: int | None, stops: bool) -> None:
+    error = policy.error_class(status)("POST", "/accounts/a/ai/run/m", status)
+
+    assert policy.stops_the_batch(error) is stops

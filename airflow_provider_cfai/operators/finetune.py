@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cfai.exceptions import CloudflareAPIError, FinetuneConflictError
+from airflow_provider_cfai.assets import FINETUNES_ALIAS
+from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, FinetuneConflictError
 from airflow_provider_cfai.links import CloudflareWorkersAILink
-from airflow_provider_cfai.operators._common import CloudflareAIBaseOperator, as_bool, check_choice, check_text
+from airflow_provider_cfai.operators._common import (
+    CloudflareAIBaseOperator,
+    as_bool,
+    check_choice,
+    check_text,
+    is_template,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from airflow.sdk import Context
+    from airflow.sdk import AssetAlias, Context
 
-    from airflow_provider_cfai.adapters import AdapterSource
+    from airflow_provider_cfai.adapters import AdapterSource, LoraAdapter
+    from airflow_provider_cfai.lineage import Lineage
 
 IF_EXISTS_CHOICES = ("reuse", "fail")
+MODEL_TYPES = ("mistral", "gemma", "llama")
 
 
 class CreateFinetuneOperator(CloudflareAIBaseOperator):
@@ -28,6 +37,11 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
     the folder is validated before any API call and both files are uploaded after the create;
     re-running the task re-uploads them, so a half-finished upload is completed, not orphaned.
 
+    A finetune can never be deleted, so before creating one the task checks (``preflight``) that the
+    model is in the account's catalog and accepts LoRAs, that the adapter's ``model_type`` is the
+    model's family, and that the account is below ``max_finetunes`` (a warning from 90 %); a failed
+    check fails the task without retries. A catalog that cannot be read is a warning, not a failure.
+
     :param model: the LoRA-capable base model, e.g. ``@cf/mistral/mistral-7b-instruct-v0.2-lora``.
     :param finetune_name: the finetune's name (unique per account for this operator's purposes).
     :param description: an optional description.
@@ -35,6 +49,17 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
     :param adapter: an adapter folder (local path, fsspec URL or ``ObjectStoragePath``) holding
         ``adapter_config.json`` and ``adapter_model.safetensors``.
     :param if_exists: ``"reuse"`` or ``"fail"`` when a finetune with this name exists.
+    :param preflight: run the checks before a create (default ``True``); ``False`` skips them.
+    :param max_finetunes: the account's finetune limit for the room check (default 100, Cloudflare's).
+    :param prepare_adapter: accept raw PEFT output: add the ``model_type`` PEFT does not write,
+        inferred from ``base_model_name_or_path`` (see :func:`~airflow_provider_cfai.adapters.prepare_adapter`);
+        the folder itself is not changed. Default ``False``.
+    :param model_type: ``"mistral"``, ``"gemma"`` or ``"llama"`` for the adapter, instead of inferring
+        it; implies ``prepare_adapter=True``.
+    :param asset_alias: the ``AssetAlias`` (or its name) this task adds an asset event to for the
+        finetune it created, or reused and uploaded an adapter to (not for a reuse that changed
+        nothing); it joins the task's ``outlets``. Default ``"cloudflare-workers-ai-finetunes"``;
+        ``None`` emits no events. See :mod:`airflow_provider_cfai.assets`.
     :param account_id: overrides the connection's account ID.
     :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use.
     """
@@ -46,6 +71,10 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
         "public",
         "adapter",
         "if_exists",
+        "preflight",
+        "max_finetunes",
+        "prepare_adapter",
+        "model_type",
         "account_id",
         "cloudflare_conn_id",
     )
@@ -60,30 +89,62 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
         public: bool = False,
         adapter: AdapterSource | None = None,
         if_exists: str = "reuse",
+        preflight: bool = True,
+        max_finetunes: int = 100,
+        prepare_adapter: bool = False,
+        model_type: str | None = None,
+        asset_alias: str | AssetAlias | None = FINETUNES_ALIAS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # Asset events need the alias among the outlets when the DAG is parsed, not only at run time.
+        self.asset_alias = asset_alias
+        self.add_outlets(self._alias_outlets())
         check_text("model", model)
         check_text("finetune_name", finetune_name)
         check_choice("if_exists", if_exists, IF_EXISTS_CHOICES)
+        if model_type is not None:
+            check_choice("model_type", model_type, MODEL_TYPES)
+        if not is_template(max_finetunes):
+            from airflow_provider_cfai.preflight import checked_limit
+
+            checked_limit(max_finetunes)
         self.model = model
         self.finetune_name = finetune_name
         self.description = description
         self.public = public
         self.adapter = adapter
         self.if_exists = if_exists
+        self.preflight = preflight
+        self.max_finetunes = max_finetunes
+        self.prepare_adapter = prepare_adapter
+        self.model_type = model_type
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_cfai.adapters import load_adapter
+        from airflow_provider_cfai import preflight
+        from airflow_provider_cfai.adapters import load_adapter, prepare_adapter
 
+        # First, so a task that fails below still shows the link (and Airflow logs no missing XCom).
+        CloudflareWorkersAILink.persist(context, self.account_id or self.hook.settings.account_id)
         check_text("model", self.model)
         check_text("finetune_name", self.finetune_name)
         check_choice("if_exists", self.if_exists, IF_EXISTS_CHOICES)
         model, name = self.model.strip(), self.finetune_name.strip()
-        adapter = load_adapter(self.adapter) if self.adapter is not None else None
+        checks, limit = as_bool("preflight", self.preflight), preflight.checked_limit(self.max_finetunes)
+        adapter = None
+        if self.adapter is not None:
+            check_text("model_type", self.model_type, optional=True)
+            model_type = self.model_type.strip() if self.model_type else None
+            if model_type or as_bool("prepare_adapter", self.prepare_adapter):
+                adapter = prepare_adapter(self.adapter, model_type=model_type)
+            else:
+                adapter = load_adapter(self.adapter)
+        if checks:
+            preflight.check_model(self.hook, model, adapter=adapter, account_id=self.account_id, log=self.log)
 
-        existing = self.hook.find_finetune(name, account_id=self.account_id)
-        if existing is not None and existing.get("name") == name:
+        finetunes = self.hook.list_finetunes(account_id=self.account_id)
+        existing = preflight.same_name(finetunes, name)
+        if existing is not None:
             if existing.get("model") != model:
                 raise FinetuneConflictError(
                     f"Finetune {name!r} already exists with model {existing.get('model')!r}, not {model!r}; "
@@ -96,6 +157,8 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
                 )
             finetune, verb = existing, "Reusing"
         else:
+            if checks:  # reusing never takes a slot; only a new finetune needs room
+                preflight.check_room(len(finetunes), limit=limit, name=name, log=self.log)
             finetune, verb = (
                 self.hook.create_finetune(
                     model,
@@ -118,16 +181,57 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
                     "task (if_exists='reuse') to finish it"
                 ) from error
             self.log.info("Uploaded adapter %s to finetune %s", adapter.location, finetune_id)
-        CloudflareWorkersAILink.persist(context, self.account_id or self.hook.settings.account_id)
+        self._add_finetune_event(context, finetune, created=verb == "Created", adapter=adapter)
         return finetune_id
+
+    def _alias_outlets(self) -> list[AssetAlias]:
+        """The asset alias to add to ``outlets``: none when disabled or already there."""
+        from airflow.sdk import AssetAlias
+
+        alias = self.asset_alias
+        if alias is None:
+            return []
+        if isinstance(alias, str) and alias.strip():
+            alias = self.asset_alias = AssetAlias(alias.strip())
+        if not isinstance(alias, AssetAlias):
+            raise CloudflareInputError(
+                f"asset_alias must be an AssetAlias, an alias name or None (no asset events), got {alias!r}"
+            )
+        return [] if alias in self.outlets else [alias]
+
+    def _add_finetune_event(
+        self, context: Context, finetune: dict[str, Any], *, created: bool, adapter: LoraAdapter | None
+    ) -> None:
+        """Record the finetune for lineage; add its asset event if this task created or uploaded to it."""
+        from airflow_provider_cfai.assets import add_finetune_event, finetune_event_extra
+
+        extra = finetune_event_extra(
+            {"name": self.finetune_name.strip(), "model": self.model.strip(), **finetune},
+            account_id=(self.account_id or "").strip() or self.hook.settings.account_id,
+            created=created,
+            adapter=adapter.location if adapter is not None else None,
+        )
+        self._finetune_record = extra
+        if self.asset_alias is None or not (created or adapter is not None):
+            return  # a reuse that changed nothing is no news for downstream DAGs
+        asset = add_finetune_event(context, self.asset_alias, extra)
+        if asset is not None:
+            self.log.info("Asset event for %s through alias %s", asset.uri, getattr(self.asset_alias, "name", None))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Lineage | None:
+        """OpenLineage (with its provider installed): the adapter folder in, the finetune out."""
+        from airflow_provider_cfai.lineage import create_lineage
+
+        return create_lineage(getattr(self, "_finetune_record", None))
 
 
 class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
     """Upload a LoRA adapter's two files to an existing finetune.
 
-    The folder is validated before anything is sent. Returns the finetune ID (XCom
-    ``return_value``) so the next task can use it. Re-running is safe: Cloudflare keeps one file per
-    name.
+    The folder is validated before anything is sent, then ``finetune_id`` (an ID or a name) is
+    looked up once: an unknown one fails the task before any upload. Returns the finetune's ID,
+    also when given its name (XCom ``return_value``), so the next task can use it. Re-running is
+    safe: Cloudflare keeps one file per name.
 
     :param finetune_id: the finetune's ID or name, e.g. ``"{{ ti.xcom_pull('create') }}"``.
     :param adapter: an adapter folder (local path, fsspec URL or ``ObjectStoragePath``).
@@ -150,8 +254,30 @@ class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
         self.adapter = adapter
 
     def execute(self, context: Context) -> str:
+        from airflow_provider_cfai.adapters import load_adapter
+
         check_text("finetune_id", self.finetune_id)
-        finetune_id = self.finetune_id.strip()
-        adapter = self.hook.upload_adapter(finetune_id, self.adapter, account_id=self.account_id)
-        self.log.info("Uploaded adapter %s to finetune %s", adapter.location, finetune_id)
+        wanted = self.finetune_id.strip()
+        adapter = load_adapter(self.adapter)
+        finetune = self.hook.find_finetune(wanted, account_id=self.account_id)
+        if finetune is None:
+            account = (self.account_id or "").strip() or self.hook.settings.account_id
+            raise CloudflareInputError(
+                f"finetune_id {wanted!r} is neither the ID nor the name of a finetune in account {account}; "
+                "pass the ID CreateFinetuneOperator returned (or an existing finetune's name)"
+            )
+        finetune_id = str(finetune["id"])
+        self.hook.upload_adapter(finetune_id, adapter, account_id=self.account_id)
+        self.log.info("Uploaded adapter %s to finetune %s (%s)", adapter.location, finetune_id, wanted)
         return finetune_id
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Lineage | None:
+        """OpenLineage (with its provider installed): the adapter folder in, the finetune out.
+
+        A finetune given by ID costs one look-up of its name (short timeout, no retries).
+        """
+        from airflow_provider_cfai.lineage import upload_lineage
+
+        return upload_lineage(
+            conn_id=self.cloudflare_conn_id, account_id=self.account_id, finetune=self.finetune_id, adapter=self.adapter
+        )

@@ -35,7 +35,7 @@ def test_token_never_reaches_logs_db_xcom_or_output(
 
     assert run_dag("example_cloudflare_finetune").state == "success"
     assert run_dag("example_lora_pipeline").state == "success"
-    emulator.add_fault(
+    rule = emulator.add_fault(
         method="POST",
         path=r"/ai/run/",
         times=10,
@@ -43,6 +43,7 @@ def test_token_never_reaches_logs_db_xcom_or_output(
         body={"success": False, "errors": [{"code": 10000, "message": "Authentication error"}]},
     )
     assert run_dag("example_lora_pipeline", logical_date="2026-01-12").state == "failed"
+    assert emulator.fired(rule) == 1  # the smoke test's one run call; a 401 is not retried
 
     out, err = capfd.readouterr()
     assert "Authentication error" in out + err + caplog.text  # the failure really was logged

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -124,7 +123,7 @@ def test_unsupported_model_is_a_permanent_400(hook: CloudflareAIHook, emulator: 
         pytest.param({"host": "http://"}, "not a valid API base URL", id="no-hostname"),
         pytest.param({"host": "http://user:pw@example.com/client/v4"}, "must not carry credentials", id="userinfo"),
         pytest.param({"timeout": "soon"}, "'timeout' must be a positive number", id="bad-timeout"),
-        pytest.param({"max_retries": -1}, "'max_retries' must be a positive number", id="negative-retries"),
+        pytest.param({"max_retries": -1}, "'max_retries' must be a non-negative whole number", id="negative-retries"),
     ],
 )
 def test_unusable_connection_fails_before_any_request(
@@ -163,7 +162,7 @@ def test_bad_arguments_fail_before_any_request(hook: CloudflareAIHook, emulator:
 
 def test_connection_secrets_stay_out_of_repr(hook: CloudflareAIHook, emulator: Any) -> None:
     assert emulator.token not in repr(hook.settings)
-    assert emulator.token not in repr(hook)
+    assert repr(hook) == "CloudflareAIHook(cloudflare_conn_id='cfai_test')"
 
 
 def test_test_connection_reports_success_without_secret(hook: CloudflareAIHook, emulator: Any) -> None:
@@ -203,11 +202,12 @@ def test_exception_survives_pickling_with_all_fields() -> None:
 
 
 def test_error_json_is_not_required_on_success(hook: CloudflareAIHook, emulator: Any) -> None:
-    emulator.add_fault(
+    rule = emulator.add_fault(
         method="GET", path=r".*/ai/finetunes/?$", times=1, status=200, body={"result": [], "success": True}
     )
 
     assert hook.list_finetunes() == []
+    assert emulator.fired(rule) == 1
 
 
 def test_api_error_message_lists_every_error(hook: CloudflareAIHook, emulator: Any) -> None:
@@ -217,10 +217,11 @@ def test_api_error_message_lists_every_error(hook: CloudflareAIHook, emulator: A
         "messages": [],
         "result": None,
     }
-    emulator.add_fault(method="GET", path=r".*/ai/finetunes/?$", times=1, status=400, body=body)
+    rule = emulator.add_fault(method="GET", path=r".*/ai/finetunes/?$", times=1, status=400, body=body)
 
     with pytest.raises(CloudflareAPIError) as caught:
         hook.list_finetunes()
 
+    assert emulator.fired(rule) == 1
     assert str(caught.value).endswith("failed with HTTP 400: [1001] first; [1002] second")
-    assert json.dumps(caught.value.errors)
+    assert caught.value.errors == body["errors"]  # every item, unknown keys included

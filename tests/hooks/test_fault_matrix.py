@@ -34,7 +34,7 @@ def cloudflare_error(code: int, message: str) -> dict[str, Any]:
 
 
 def test_429_waits_for_retry_after_then_succeeds(hook: Any, emulator: Any, read_logs: Any) -> None:
-    emulator.add_fault(
+    rule = emulator.add_fault(
         method="GET",
         path=LIST,
         times=1,
@@ -48,6 +48,7 @@ def test_429_waits_for_retry_after_then_succeeds(hook: Any, emulator: Any, read_
     elapsed = time.monotonic() - started
 
     assert elapsed >= 2.0
+    assert emulator.fired(rule) == 1
     assert calls(emulator, "GET") == 2
     logs = read_logs()
     assert "HTTP 429" in logs
@@ -58,7 +59,7 @@ def test_429_waits_for_retry_after_then_succeeds(hook: Any, emulator: Any, read_
 def test_retry_after_as_http_date_is_honoured(hook: Any, emulator: Any) -> None:
     from email.utils import formatdate
 
-    emulator.add_fault(
+    rule = emulator.add_fault(
         method="GET", path=LIST, times=1, status=429, headers={"Retry-After": formatdate(time.time() + 2, usegmt=True)}
     )
 
@@ -66,12 +67,13 @@ def test_retry_after_as_http_date_is_honoured(hook: Any, emulator: Any) -> None:
     hook.list_finetunes()
 
     assert time.monotonic() - started >= 1.0  # HTTP dates have one-second resolution
+    assert emulator.fired(rule) == 1
     assert calls(emulator, "GET") == 2
 
 
 def test_retry_after_beyond_the_budget_gives_up_at_once(make_hook: Any, emulator: Any) -> None:
     hook = make_hook(retry_budget=5)
-    emulator.add_fault(method="GET", path=LIST, times=1, status=429, headers={"Retry-After": "300"})
+    rule = emulator.add_fault(method="GET", path=LIST, times=1, status=429, headers={"Retry-After": "300"})
 
     started = time.monotonic()
     with pytest.raises(CloudflareAPIError) as caught:
@@ -80,19 +82,21 @@ def test_retry_after_beyond_the_budget_gives_up_at_once(make_hook: Any, emulator
     assert time.monotonic() - started < 3
     assert caught.value.status == 429
     assert "retry after 300 s" in str(caught.value)
+    assert emulator.fired(rule) == 1
     assert not isinstance(caught.value, AirflowFailException)  # Airflow's own retry may try later
 
 
 def test_503_then_success(hook: Any, emulator: Any) -> None:
-    emulator.add_fault(method="GET", path=LIST, times=1, status=503, body=cloudflare_error(10013, "busy"))
+    rule = emulator.add_fault(method="GET", path=LIST, times=1, status=503, body=cloudflare_error(10013, "busy"))
 
     assert hook.list_finetunes() == []
+    assert emulator.fired(rule) == 1
     assert calls(emulator, "GET") == 2
 
 
 def test_html_502_page_becomes_an_api_error_not_a_decode_error(make_hook: Any, emulator: Any) -> None:
     hook = make_hook(max_retries=1)
-    emulator.add_fault(method="GET", path=LIST, times=5, status=502, html=True)
+    rule = emulator.add_fault(method="GET", path=LIST, times=5, status=502, html=True)
 
     with pytest.raises(CloudflareAPIError) as caught:
         hook.list_finetunes()
@@ -101,12 +105,13 @@ def test_html_502_page_becomes_an_api_error_not_a_decode_error(make_hook: Any, e
     assert caught.value.status == 502
     assert "HTTP 502" in message
     assert "non-JSON text/html body" in message
+    assert emulator.fired(rule) == 2
     assert calls(emulator, "GET") == 2
 
 
 def test_persistent_500_gives_up_within_budget_and_names_500(make_hook: Any, emulator: Any) -> None:
     hook = make_hook(max_retries=3, retry_budget=4)
-    emulator.add_fault(method="GET", path=LIST, times=50, status=500, body=cloudflare_error(10000, "internal"))
+    rule = emulator.add_fault(method="GET", path=LIST, times=50, status=500, body=cloudflare_error(10000, "internal"))
 
     started = time.monotonic()
     with pytest.raises(CloudflareAPIError) as caught:
@@ -117,11 +122,12 @@ def test_persistent_500_gives_up_within_budget_and_names_500(make_hook: Any, emu
     assert caught.value.status == 500
     assert "HTTP 500" in str(caught.value)
     assert 2 <= calls(emulator, "GET") <= 4
+    assert emulator.fired(rule) == calls(emulator, "GET")  # every attempt met the 500
     assert not isinstance(caught.value, AirflowFailException)
 
 
 def test_400_with_cloudflare_errors_is_sent_once(hook: Any, emulator: Any) -> None:
-    emulator.add_fault(
+    rule = emulator.add_fault(
         method="POST", path=CREATE, times=1, status=400, body=cloudflare_error(1001, "Finetune creation failed")
     )
 
@@ -130,27 +136,30 @@ def test_400_with_cloudflare_errors_is_sent_once(hook: Any, emulator: Any) -> No
 
     assert "[1001] Finetune creation failed" in str(caught.value)
     assert isinstance(caught.value, AirflowFailException)
+    assert emulator.fired(rule) == 1
     assert calls(emulator, "POST") == 1
     assert emulator.finetunes() == []
 
 
 def test_401_is_an_auth_error_sent_once(hook: Any, emulator: Any) -> None:
-    emulator.add_fault(
+    rule = emulator.add_fault(
         method="GET", path=LIST, times=1, status=401, body=cloudflare_error(10000, "Authentication error")
     )
 
     with pytest.raises(CloudflareAuthError, match=r"\[10000\] Authentication error"):
         hook.list_finetunes()
 
+    assert emulator.fired(rule) == 1
     assert calls(emulator, "GET") == 1
 
 
 def test_success_false_at_200_is_a_failure(hook: Any, emulator: Any) -> None:
-    emulator.add_fault(method="GET", path=LIST, times=1, status=200, body=cloudflare_error(7000, "No route"))
+    rule = emulator.add_fault(method="GET", path=LIST, times=1, status=200, body=cloudflare_error(7000, "No route"))
 
     with pytest.raises(CloudflarePermanentAPIError, match=r"HTTP 200: \[7000\] No route"):
         hook.list_finetunes()
 
+    assert emulator.fired(rule) == 1
     assert calls(emulator, "GET") == 1
 
 
@@ -158,11 +167,12 @@ def test_error_chain_and_unknown_keys_are_tolerated(hook: Any, emulator: Any) ->
     body = cloudflare_error(6003, "Invalid request headers")
     body["errors"][0]["error_chain"] = [{"code": 6111, "message": "Invalid format for Authorization header"}]
     body["unexpected"] = {"x": 1}
-    emulator.add_fault(method="GET", path=LIST, times=1, status=400, body=body)
+    rule = emulator.add_fault(method="GET", path=LIST, times=1, status=400, body=body)
 
     with pytest.raises(CloudflarePermanentAPIError) as caught:
         hook.list_finetunes()
 
+    assert emulator.fired(rule) == 1
     assert caught.value.codes == [6003]
     assert caught.value.errors[0]["error_chain"][0]["code"] == 6111
 
@@ -172,40 +182,45 @@ def test_create_with_unknown_outcome_is_not_duplicated(hook: Any, emulator: Any,
     # drop_after_commit: the create is committed, then the connection drops.
     # respond 502 after commit is not expressible; a 502 before the work shows the other branch:
     # the lookup finds nothing and the hook creates exactly once.
-    emulator.add_fault(method="POST", path=CREATE, times=1, action=action, status=502, html=True)
+    rule = emulator.add_fault(method="POST", path=CREATE, times=1, action=action, status=502, html=True)
 
     created = hook.create_finetune(MODEL, "bot")
 
     (held,) = emulator.finetunes()
     assert created["id"] == held["id"]
+    assert emulator.fired(rule) == 1
     assert calls(emulator, "POST") == (1 if action == "drop_after_commit" else 2)
 
 
 def test_slow_create_after_commit_is_not_duplicated(make_hook: Any, emulator: Any) -> None:
     hook = make_hook(timeout=1)
-    emulator.add_fault(method="POST", path=CREATE, times=1, action="delay_after_commit", delay=3)
+    rule = emulator.add_fault(method="POST", path=CREATE, times=1, action="delay_after_commit", delay=3)
 
     created = hook.create_finetune(MODEL, "bot")
 
     (held,) = emulator.finetunes()
     assert created["id"] == held["id"]
+    assert emulator.fired(rule) == 1
     assert calls(emulator, "POST") == 1
 
 
 def test_dropped_connection_before_commit_creates_exactly_once(hook: Any, emulator: Any) -> None:
-    emulator.add_fault(method="POST", path=CREATE, times=1, action="drop")
+    rule = emulator.add_fault(method="POST", path=CREATE, times=1, action="drop")
 
     created = hook.create_finetune(MODEL, "bot")
 
     (held,) = emulator.finetunes()
     assert created["id"] == held["id"]
+    assert emulator.fired(rule) == 1
+    assert calls(emulator, "POST") == 2  # the dropped one, then the one the lookup found missing
 
 
 def test_get_is_retried_after_a_dropped_connection(hook: Any, emulator: Any) -> None:
-    emulator.add_fault(method="GET", path=LIST, times=2, action="drop")
+    rule = emulator.add_fault(method="GET", path=LIST, times=2, action="drop")
 
     assert hook.list_finetunes() == []
-    assert calls(emulator, "GET") >= 1
+    assert emulator.fired(rule) == 2
+    assert calls(emulator, "GET") == 3
 
 
 def test_unreachable_server_is_a_transient_error(make_hook: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,16 +44,17 @@ def test_a_slow_attempt_does_not_use_up_the_budget(budget_hook: Any, emulator: A
     assert len(waits) == 1
     assert 0.5 <= waits[0] <= 0.6
     assert requests_to(emulator, "GET") == 2
-    assert rule["id"] not in {f["id"] for f in emulator.faults()}  # the rule was used up: it fired
+    assert emulator.fired(rule) == 1
 
 
 def test_waiting_stops_before_the_budget_is_exceeded(budget_hook: Any, emulator: Any, waits: list[float]) -> None:
     hook = budget_hook(retry_budget=2.0, max_retries=10)
-    emulator.add_fault(method="GET", path=LIST, times=10, status=503)
+    rule = emulator.add_fault(method="GET", path=LIST, times=10, status=503)
 
     with pytest.raises(CloudflareAPIError, match="HTTP 503"):
         hook.list_finetunes()
 
+    assert emulator.fired(rule) == 3
     # 0.5 s + jitter, then 1 s + jitter; the next (2 s) would pass the budget.
     assert len(waits) == 2
     assert sum(waits) <= 2.0
@@ -64,20 +65,21 @@ def test_retry_after_longer_than_the_budget_left_stops_at_once(
     budget_hook: Any, emulator: Any, waits: list[float]
 ) -> None:
     hook = budget_hook(retry_budget=10, max_retries=5)
-    emulator.add_fault(method="GET", path=LIST, times=1, status=503)
-    emulator.add_fault(method="GET", path=LIST, times=1, status=429, headers={"Retry-After": "10"})
+    unavailable = emulator.add_fault(method="GET", path=LIST, times=1, status=503)
+    limited = emulator.add_fault(method="GET", path=LIST, times=1, status=429, headers={"Retry-After": "10"})
 
     with pytest.raises(CloudflareAPIError, match="HTTP 429"):
         hook.list_finetunes()
 
+    assert (emulator.fired(unavailable), emulator.fired(limited)) == (1, 1)
     assert len(waits) == 1  # after the 503; 10 s more would pass the budget
     assert requests_to(emulator, "GET") == 2
 
 
 def test_recovery_lookup_inside_a_create_shares_the_budget(budget_hook: Any, emulator: Any, waits: list[float]) -> None:
     hook = budget_hook(retry_budget=100, max_retries=3)
-    emulator.add_fault(method="POST", path=LIST, times=1, status=503)
-    emulator.add_fault(method="GET", path=LIST, times=10, status=503)
+    create = emulator.add_fault(method="POST", path=LIST, times=1, status=503)
+    lookup = emulator.add_fault(method="GET", path=LIST, times=10, status=503)
 
     with pytest.raises(CloudflareAPIError, match=r"GET .* failed with HTTP 503"):
         hook.create_finetune(MODEL, "bot")
@@ -88,14 +90,15 @@ def test_recovery_lookup_inside_a_create_shares_the_budget(budget_hook: Any, emu
     assert requests_to(emulator, "GET") == 3
     assert len(waits) == 3
     assert emulator.finetunes() == []
+    assert (emulator.fired(create), emulator.fired(lookup)) == (1, 3)
 
 
 def test_recovery_finds_the_finetune_an_unknown_create_made(
     budget_hook: Any, emulator: Any, waits: list[float]
 ) -> None:
     hook = budget_hook(retry_budget=100, max_retries=3)
-    emulator.add_fault(method="POST", path=LIST, times=1, action="drop_after_commit")
-    emulator.add_fault(method="GET", path=LIST, times=1, status=502)
+    create = emulator.add_fault(method="POST", path=LIST, times=1, action="drop_after_commit")
+    lookup = emulator.add_fault(method="GET", path=LIST, times=1, status=502)
 
     created = hook.create_finetune(MODEL, "bot")
 
@@ -104,3 +107,4 @@ def test_recovery_finds_the_finetune_an_unknown_create_made(
     assert requests_to(emulator, "POST") == 1
     assert requests_to(emulator, "GET") == 2
     assert len(waits) == 2
+    assert (emulator.fired(create), emulator.fired(lookup)) == (1, 1)

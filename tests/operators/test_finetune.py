@@ -98,6 +98,10 @@ def test_every_user_argument_is_a_template_field() -> None:
         "public",
         "adapter",
         "if_exists",
+        "preflight",
+        "max_finetunes",
+        "prepare_adapter",
+        "model_type",
         "account_id",
         "cloudflare_conn_id",
     }
@@ -140,7 +144,7 @@ def test_invalid_adapter_fails_before_any_api_call(emulator: Any, tmp_path: Path
 
 def test_failed_upload_names_the_finetune_and_a_rerun_completes_it(emulator: Any, tmp_path: Path) -> None:
     folder = write_lora_adapter(tmp_path / "adapter")
-    emulator.add_fault(
+    rule = emulator.add_fault(
         method="POST",
         path=r".*/finetune-assets/?$",
         times=1,
@@ -155,6 +159,7 @@ def test_failed_upload_names_the_finetune_and_a_rerun_completes_it(emulator: Any
 
     with pytest.raises(AirflowFailException) as caught:
         create(adapter=str(folder)).execute(context={})
+    assert emulator.fired(rule) == 1
     (held,) = emulator.finetunes()
     assert held["id"] in str(caught.value)
     assert "bot" in str(caught.value)
@@ -175,3 +180,48 @@ def test_upload_operator_uploads_to_existing_finetune(emulator: Any, tmp_path: P
 
     assert result == finetune_id
     assert set(emulator.finetunes()[0]["assets"]) == {"adapter_config.json", "adapter_model.safetensors"}
+
+
+def calls(emulator: Any) -> list[tuple[str, str]]:
+    """(method, path) of every API call the emulator saw, paths without the account prefix."""
+    return [(r["method"], r["path"].split("/ai/", 1)[-1].rstrip("/")) for r in emulator.state()["requests"]]
+
+
+def test_upload_operator_given_a_name_uploads_to_and_returns_the_id(emulator: Any, tmp_path: Path) -> None:
+    finetune_id = create(finetune_name="support-bot").execute(context={})
+    folder = write_lora_adapter(tmp_path / "adapter")
+    before = len(emulator.state()["requests"])
+
+    result = UploadFinetuneAssetsOperator(task_id="upload", finetune_id="support-bot", adapter=str(folder)).execute(
+        context={}
+    )
+
+    assert result == finetune_id
+    (held,) = emulator.finetunes()
+    assert set(held["assets"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    made = calls(emulator)[before:]
+    assert made.count(("GET", "finetunes")) == 1  # one lookup resolves the name
+    assert made.count(("POST", f"finetunes/{finetune_id}/finetune-assets")) == 2  # uploads go to the ID
+
+
+def test_upload_operator_with_an_unknown_finetune_fails_before_any_upload(emulator: Any, tmp_path: Path) -> None:
+    folder = write_lora_adapter(tmp_path / "adapter")
+
+    with pytest.raises(CloudflareInputError) as caught:
+        UploadFinetuneAssetsOperator(task_id="upload", finetune_id="ghost-bot", adapter=str(folder)).execute(context={})
+
+    assert isinstance(caught.value, AirflowFailException)
+    assert "'ghost-bot'" in str(caught.value)
+    assert emulator.account_id in str(caught.value)
+    assert calls(emulator) == [("GET", "finetunes")]
+
+
+def test_upload_operator_validates_the_adapter_before_looking_up_the_finetune(emulator: Any, tmp_path: Path) -> None:
+    create().execute(context={})
+    folder = write_lora_adapter(tmp_path / "adapter", rank=64)
+    before = len(emulator.state()["requests"])
+
+    with pytest.raises(CloudflareInputError, match="r"):
+        UploadFinetuneAssetsOperator(task_id="upload", finetune_id="bot", adapter=str(folder)).execute(context={})
+
+    assert len(emulator.state()["requests"]) == before
