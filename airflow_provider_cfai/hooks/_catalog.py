@@ -4,14 +4,21 @@ Cloudflare types the catalog's entries as ``unknown`` and clients meet several s
 as ``[{"property_id": ..., "value": ...}]`` (or a plain object), values that are strings, numbers,
 lists or objects. Everything here accepts them all and never raises on an odd entry.
 
-The cache exists because every call counts against the token's 1200 requests per 5 minutes: many
-creates in one process (a mapped task under ``dag.test()``, a long-lived worker) read the catalog
-once per account and TTL. Airflow 3 runs each task in a fresh process, so elsewhere it lasts a task.
+The cache exists because every call counts against the token's 1200 requests per 5 minutes. Airflow
+3 runs each task in a fresh process, so a cache in memory would last one task: the catalog (public
+data, no secret) is also kept in a file per account in the host's state directory
+(``<temp dir>/airflow-provider-cfai-<uid>/``), so the tasks of a mapped create on one host read it
+once per TTL between them. Failures are remembered in memory only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
+import json
+import os
+import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -21,6 +28,7 @@ from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInput
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable
+    from pathlib import Path
 
 __all__ = [
     "CACHE",
@@ -144,10 +152,14 @@ class CatalogCache:
         ttl: float = CACHE_TTL,
         failure_ttl: float = FAILURE_TTL,
         clock: Callable[[], float] = time.monotonic,
+        directory: Callable[[], Path] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.ttl = ttl
         self.failure_ttl = failure_ttl
         self._clock = clock
+        self._directory = directory
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._key_locks: dict[Hashable, threading.Lock] = {}
         self._held: dict[Hashable, tuple[float, list[dict[str, Any]] | CloudflareAPIError]] = {}
@@ -163,6 +175,12 @@ class CatalogCache:
                 if isinstance(value, CloudflareAPIError):
                     raise copy.copy(value)  # a fresh instance: re-raising one object grows its traceback
                 return list(value)
+            shared = self._read_file(key)
+            if shared is not None:
+                stored_at, models = shared
+                with self._lock:
+                    self._held[key] = (self._clock() + self.ttl - (self._wall_clock() - stored_at), models)
+                return list(models)
             try:
                 models = load()
             except CloudflareAPIError as error:
@@ -171,15 +189,61 @@ class CatalogCache:
                 raise
             with self._lock:
                 self._held[key] = (self._clock() + self.ttl, list(models))
+            self._write_file(key, models)
             return list(models)
 
     def clear(self) -> None:
         with self._lock:
             self._held.clear()
 
+    # The file layer is an optimisation: any trouble with it means "not cached", never an error.
 
-#: The process-wide cache the hook uses.
-CACHE = CatalogCache()
+    def _path(self, key: Hashable) -> Path | None:
+        if self._directory is None:
+            return None
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+        return self._directory() / f"catalog-{digest}.json"
+
+    def _read_file(self, key: Hashable) -> tuple[float, list[dict[str, Any]]] | None:
+        try:
+            path = self._path(key)
+            if path is None:
+                return None
+            stored = json.loads(path.read_bytes())
+            stored_at, models = float(stored["stored_at"]), stored["models"]
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        age = self._wall_clock() - stored_at
+        if not 0 <= age < self.ttl or not isinstance(models, list):
+            return None
+        return stored_at, [m for m in models if isinstance(m, dict)]
+
+    def _write_file(self, key: Hashable, models: list[dict[str, Any]]) -> None:
+        try:
+            path = self._path(key)
+            body = json.dumps({"stored_at": self._wall_clock(), "models": models}).encode()
+            if path is None:
+                return
+            handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".catalog-")
+        except (OSError, TypeError, ValueError):
+            return
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(body)
+            os.replace(temp, path)  # readers see the old file or the new one, never half of one
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+
+
+def _host_directory() -> Path:
+    from airflow_provider_cfai.hooks._shared_state import _private_dir, state_dir
+
+    return _private_dir(state_dir())
+
+
+#: The cache the hook uses: in memory for this process, in a file for the host.
+CACHE = CatalogCache(directory=_host_directory)
 
 
 def _property(entry: object, property_id: str) -> Any:
