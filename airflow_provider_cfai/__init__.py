@@ -53,6 +53,23 @@ CONNECTION_FORM: dict[str, Any] = {
             "description": "Total time one call may spend waiting between retries; default 180.",
             "schema": {"type": ["number", "null"], "minimum": 0},
         },
+        "rate_limit_sharers": {
+            "label": "Rate-limit sharers",
+            "description": "Hosts (each with its own temp dir) that use this token at once; each paces "
+            "itself to 1/N of Cloudflare's limit. Default 1; not needed with Redis.",
+            "schema": {"type": ["integer", "null"], "minimum": 1},
+        },
+        "redis_url": {
+            "label": "Redis URL (shared rate limit)",
+            "description": "redis://[:password@]host:6379/0 — one exact rate-limit budget for every host "
+            "(needs the provider's redis extra).",
+            "schema": {"type": ["string", "null"], "format": "password"},
+        },
+        "redis_conn_id": {
+            "label": "Redis connection ID (shared rate limit)",
+            "description": "The same from an Airflow redis connection; set this or the Redis URL, not both.",
+            "schema": {"type": ["string", "null"]},
+        },
     },
 }
 

@@ -50,11 +50,19 @@ def cloudflare_ai_emulator_server() -> Iterator[RunningEmulator]:
 
 @pytest.fixture
 def cloudflare_ai_emulator(
-    cloudflare_ai_emulator_server: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+    cloudflare_ai_emulator_server: RunningEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> RunningEmulator:
-    """The session's emulator, reset to its start-up state, with ``cloudflare_ai_default`` aimed at it."""
+    """The session's emulator, reset to its start-up state, with ``cloudflare_ai_default`` aimed at it.
+
+    The host's rate-limit state and model-catalog cache start empty too (a directory of the test's
+    own), since the emulator's reset forgets the windows they describe.
+    """
+    from airflow_provider_cfai.hooks._shared_state import STATE_DIR_ENV
     from airflow_provider_cfai.testing import point_connection_at
 
     cloudflare_ai_emulator_server.reset(settings=True)
     point_connection_at(cloudflare_ai_emulator_server, monkeypatch)
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path_factory.mktemp("cfai-host-state")))
     return cloudflare_ai_emulator_server

@@ -20,11 +20,13 @@ import sys
 import time
 import traceback
 
+import bench_batch
 import bench_bulk
 import bench_call
 import bench_e2e
 import bench_emulator
 import bench_import
+import bench_multiprocess
 import bench_upload
 from common import BENCH_DIR, CONN_ID, ROOT, WORK, machine_header
 from table import Row, render_table
@@ -36,6 +38,8 @@ BENCHES = {
     "4": ("bulk", bench_bulk),
     "5": ("end to end", bench_e2e),
     "6": ("emulator", bench_emulator),
+    "7": ("batch", bench_batch),
+    "8": ("multi-process pacing", bench_multiprocess),
 }
 # Far above anything a benchmark sends, so only bench_bulk (which sets its own) meets a 429, while
 # the emulator still sends Ratelimit headers and the hook still parses them, as with Cloudflare.

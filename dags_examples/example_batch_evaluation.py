@@ -72,7 +72,7 @@ def example_batch_evaluation() -> None:
         execution_timeout=timedelta(hours=1),
     )
 
-    @task
+    @task(multiple_outputs=False)  # one dict of scores, not one XCom per key
     def score(finetune: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
         """Read both outputs from where the manifests say they are; score them the same way."""
         from airflow_provider_cfai.batch.items import iter_outputs

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 from connections import connection_json
 
-pytest_plugins = ("airflow_provider_cfai.testing",)
+pytest_plugins = ("airflow_provider_cfai.pytest_plugin", "redis_server")
 
 ROOT = Path(__file__).resolve().parent.parent
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="cfai-tests-airflow-"))
@@ -91,13 +91,27 @@ def hook(make_hook: Any) -> CloudflareAIHook:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_rate_limit_gates() -> Iterator[None]:
-    """Each test starts with no remembered rate-limit window (the gates are process-wide)."""
-    from airflow_provider_cfai.hooks import _pacing
+def _fresh_rate_limit_gates(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Each test starts with no remembered rate-limit window: the gates are process-wide, and the
+    host-wide state files live in a directory of the test's own (child processes inherit it)."""
+    from airflow_provider_cfai.hooks import _pacing, _shared_state
 
+    monkeypatch.setenv(_shared_state.STATE_DIR_ENV, str(tmp_path_factory.mktemp("rate-limit-state")))
     _pacing._GATES.clear()
     yield
     _pacing._GATES.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_model_catalog_cache() -> Iterator[None]:
+    """Each test reads the model catalog anew (the hook caches it per process, per account)."""
+    from airflow_provider_cfai.hooks import _catalog
+
+    _catalog.CACHE.clear()
+    yield
+    _catalog.CACHE.clear()
 
 
 @pytest.fixture

@@ -39,6 +39,11 @@ class ConnectionSettings:
     token: str | None = field(default=None, repr=False)
     email: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
+    # Pacing across processes (hooks/_pacing.py): how many hosts may spend the token at once, and an
+    # optional Redis holding one shared budget for all of them.
+    rate_limit_sharers: int = 1
+    redis_url: str | None = field(default=None, repr=False)
+    redis_conn_id: str | None = None
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -93,7 +98,40 @@ def read_settings(conn: Connection, conn_id: str, conn_type: str, overrides: Map
         token=token,
         email=None if token else email,
         api_key=None if token else api_key,
+        **_pacing_extras(name, extras),
     )
+
+
+def _pacing_extras(conn_id: str, extras: Mapping[str, Any]) -> dict[str, Any]:
+    """Extras ``rate_limit_sharers``, ``redis_url`` and ``redis_conn_id`` (see hooks/_pacing.py)."""
+    from airflow.sdk.log import mask_secret
+
+    value = extras.get("rate_limit_sharers", 1)
+    try:
+        sharers = float(value)
+    except (TypeError, ValueError, OverflowError):
+        sharers = math.nan
+    if isinstance(value, bool) or not math.isfinite(sharers) or sharers < 1 or not sharers.is_integer():
+        raise CloudflareConfigError(
+            f"Connection {conn_id!r}: extra 'rate_limit_sharers' must be a whole number of at least 1 (the hosts "
+            f"that may use this token at the same time), got {value!r}."
+        )
+    redis_url = str(extras.get("redis_url") or "").strip() or None
+    redis_conn_id = str(extras.get("redis_conn_id") or "").strip() or None
+    if redis_url and redis_conn_id:
+        raise CloudflareConfigError(
+            f"Connection {conn_id!r}: set one of the extras 'redis_url' and 'redis_conn_id', not both."
+        )
+    if redis_url:
+        parts = urlsplit(redis_url)
+        if parts.password:
+            mask_secret(parts.password)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise CloudflareConfigError(
+                f"Connection {conn_id!r}: extra 'redis_url' must look like redis://host:6379/0 "
+                f"(or rediss://, unix://), got a {parts.scheme or 'schemeless'} URL."
+            )
+    return {"rate_limit_sharers": int(sharers), "redis_url": redis_url, "redis_conn_id": redis_conn_id}
 
 
 def _number(conn_id: str, overrides: Mapping[str, Any], extras: Mapping[str, Any], key: str, default: float) -> float:

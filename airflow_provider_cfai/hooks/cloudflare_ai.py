@@ -26,7 +26,7 @@ from airflow_provider_cfai.hooks._connection import (
     missing_connection_error,
     read_settings,
 )
-from airflow_provider_cfai.hooks._pacing import RateLimitGate, gate_for
+from airflow_provider_cfai.hooks._pacing import Gate, gate_for_settings
 from airflow_provider_cfai.hooks._responses import unwrap
 from airflow_provider_cfai.policy import (
     AttemptFailed,
@@ -35,7 +35,6 @@ from airflow_provider_cfai.policy import (
     after_status,
     after_transport_failure,
     asset_already_uploaded,
-    parse_ratelimit,
 )
 
 if TYPE_CHECKING:
@@ -57,7 +56,9 @@ class CloudflareAIHook(BaseHook):
     password an API token (``Authorization: Bearer``); with no password, extras ``email`` and
     ``api_key`` select the legacy Global API key scheme. ``host`` may hold a full base URL (tests
     point it at the emulator). Extras ``timeout``, ``max_retries``, ``retry_budget`` (seconds),
-    ``proxies`` and ``verify`` tune the transport.
+    ``proxies`` and ``verify`` tune the transport. Every process of a host paces one token together;
+    extras ``rate_limit_sharers`` (hosts sharing the token) or ``redis_url`` / ``redis_conn_id`` (one
+    budget in Redis) extend that across hosts (:mod:`airflow_provider_cfai.hooks._pacing`).
 
     Every call follows :mod:`airflow_provider_cfai.policy`: 429 waits ``Retry-After``; 5xx, 408,
     dropped connections and timeouts back off exponentially with jitter; other 4xx fail at once;
@@ -169,8 +170,8 @@ class CloudflareAIHook(BaseHook):
         return self.session
 
     @cached_property
-    def _gate(self) -> RateLimitGate:
-        return gate_for(self.settings.credential_digest)
+    def _gate(self) -> Gate:
+        return gate_for_settings(self.settings)
 
     # -- transport --------------------------------------------------------------------------------
 
@@ -236,7 +237,7 @@ class CloudflareAIHook(BaseHook):
         settings = self.settings
         timeout = (min(_CONNECT_TIMEOUT, settings.timeout), settings.timeout)
         window = self._gate.acquire()
-        ratelimit = None
+        answer = None  # the response's headers: Ratelimit and Ratelimit-Policy pace what follows
         try:
             with upload() if upload is not None else contextlib.nullcontext((None, None)) as (body, ctype):
                 headers = {"Content-Type": ctype} if ctype else None
@@ -249,13 +250,13 @@ class CloudflareAIHook(BaseHook):
                     headers=headers,
                     timeout=timeout,
                 )
-            ratelimit = parse_ratelimit(response.headers.get("Ratelimit"))
+            answer = response.headers
         except requests.exceptions.RequestException as exc:
             detail = describe_transport_error(exc, timeout[1], settings.base_url)
             error = CloudflareAPIError(method, path, None, detail=detail)
             raise after_transport_failure(error, connected=may_have_been_sent(exc)) from exc
         finally:
-            self._gate.release(window, ratelimit)
+            self._gate.release(window, answer)
         self.log.debug("%s %s -> HTTP %s", method, path, response.status_code)
         try:
             return unwrap(response, method, path)
@@ -445,6 +446,89 @@ class CloudflareAIHook(BaseHook):
         path = f"{self._account(account_id)}/ai/run/{quote(model, safe='/@')}"
         result = self._request("POST", path, json=body)
         return result if isinstance(result, dict) else {"result": result}
+
+    # -- model catalog ----------------------------------------------------------------------------
+
+    def list_models(
+        self,
+        *,
+        search: str | None = None,
+        task: str | None = None,
+        author: str | None = None,
+        per_page: int = 50,
+        account_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Search the Workers AI model catalog (``GET /accounts/{id}/ai/models/search``), every page.
+
+        Entries are returned as Cloudflare sends them (``name``, ``task``, ``properties`` ...), whose
+        shapes vary: read them with :mod:`airflow_provider_cfai.hooks._catalog`. Not cached.
+
+        :param search: text to look for; ``task``: a task name such as ``"Text Generation"``.
+        :param per_page: models per request.
+        """
+        from airflow_provider_cfai.hooks import _catalog
+
+        path = f"{self._account(account_id)}/ai/models/search"
+        query = _catalog.search_query(search=search, task=task, author=author, per_page=per_page)
+        return _catalog.read_pages(lambda page: self._request("GET", path, params={**query, "page": page}), per_page)
+
+    def get_model(self, name: str, *, account_id: str | None = None) -> dict[str, Any] | None:
+        """The catalog entry of model ``name``, or ``None`` when the account's catalog lacks it.
+
+        Served from the account's whole catalog, read once per process for a few minutes (failures
+        are remembered for a minute), so many creates cost one catalog read.
+        """
+        from airflow_provider_cfai.hooks import _catalog
+
+        return _catalog.find(self.list_cached_models(account_id=account_id), _required("name", name))
+
+    def list_cached_models(self, *, account_id: str | None = None) -> list[dict[str, Any]]:
+        """The account's whole catalog from the per-process cache (read on first use, then every few minutes)."""
+        from airflow_provider_cfai.hooks import _catalog
+
+        key = (self.settings.base_url, self._account(account_id))
+        return _catalog.CACHE.get(key, lambda: self.list_models(account_id=account_id))
+
+    # -- asynchronous Batch API -------------------------------------------------------------------
+
+    def submit_batch(
+        self, model: str, requests: Iterable[Mapping[str, Any]], *, account_id: str | None = None
+    ) -> dict[str, Any]:
+        """Queue inputs on the Batch API (``POST /accounts/{id}/ai/run/{model}?queueRequest=true``).
+
+        Cloudflare has no call to find a queued batch again, so a submit whose answer is lost (and is
+        retried) may queue the inputs twice; callers record the returned ``request_id`` at once.
+
+        :param requests: the model's normal inputs, each optionally with ``external_reference``; the
+            whole payload must stay under 10 MB (``batch.engines.plan_chunks`` splits it).
+        :return: Cloudflare's ``result``: ``{"status": "queued", "request_id": ..., "model": ...}``.
+        """
+        model = _required("model", model)
+        items = list(requests)
+        if not items:
+            raise CloudflareInputError("requests must hold at least one model input")
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise CloudflareInputError(
+                    f"requests[{index}] must be a mapping such as {{'prompt': '...'}}, got {type(item).__name__}"
+                )
+        path = f"{self._account(account_id)}/ai/run/{quote(model, safe='/@')}"
+        body = {"requests": [dict(item) for item in items]}
+        result = _as_object(self._request("POST", path, json=body, params={"queueRequest": "true"}), "POST", path)
+        if not isinstance(result.get("request_id"), str) or not result["request_id"]:
+            raise CloudflareAPIError("POST", path, 200, detail="the queued batch's answer has no request_id")
+        return result
+
+    def poll_batch(self, model: str, request_id: str, *, account_id: str | None = None) -> dict[str, Any]:
+        """Ask for a queued batch (``POST …/ai/run/{model}?queueRequest=true`` with ``{"request_id": ...}``).
+
+        :return: ``{"status": "queued"|"running", ...}`` while pending; once done,
+            ``{"responses": [{"id": <index>, "success": ..., "result": ...}, ...], "usage": {...}}``.
+        """
+        model, request_id = _required("model", model), _required("request_id", request_id)
+        path = f"{self._account(account_id)}/ai/run/{quote(model, safe='/@')}"
+        body = {"request_id": request_id}
+        return _as_object(self._request("POST", path, json=body, params={"queueRequest": "true"}), "POST", path)
 
     # -- connection checks ------------------------------------------------------------------------
 

@@ -1,10 +1,21 @@
-"""Rate-limit header parsing and the pacing gate, on a fake clock (no sleeping)."""
+"""Rate-limit headers and the pacing gates, on a fake clock (no sleeping, no HTTP).
+
+The rule is ``policy.py`` section 6; tests/hooks/test_pacing_simulation.py checks its claim over
+random interleavings, these check each behaviour on its own.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from typing import Any
+
 import pytest
 
-from airflow_provider_cfai.hooks._pacing import RateLimitGate, parse_ratelimit, parse_retry_after
+from airflow_provider_cfai.exceptions import CloudflareConfigError
+from airflow_provider_cfai.hooks._pacing import MemoryStore, RateLimitGate, Ticket, parse_ratelimit, parse_retry_after
+from airflow_provider_cfai.policy import LEASE_MAX, STALE_AFTER, WindowState, parse_ratelimit_policy
 
 
 @pytest.mark.parametrize(
@@ -20,6 +31,21 @@ from airflow_provider_cfai.hooks._pacing import RateLimitGate, parse_ratelimit, 
 )
 def test_parse_ratelimit(header: str, expected: tuple[int, float] | None) -> None:
     assert parse_ratelimit(header) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        pytest.param('"default";q=1200;w=300', (1200, 300.0), id="cloudflare"),
+        pytest.param('"default"; q=10; w=2.5', (10, 2.5), id="spaces-fraction"),
+        pytest.param('"default";q=10;w=2, "burst";q=1;w=1', (10, 2.0), id="first-of-several"),
+        pytest.param('"default";q=0;w=300', None, id="zero-limit"),
+        pytest.param('"default";q=10', None, id="no-window"),
+        pytest.param(None, None, id="absent"),
+    ],
+)
+def test_parse_ratelimit_policy(header: str | None, expected: tuple[int, float] | None) -> None:
+    assert parse_ratelimit_policy(header) == expected
 
 
 def test_parse_retry_after_seconds_date_and_garbage() -> None:
@@ -43,61 +69,301 @@ class FakeClock:
         self.now += seconds
 
 
-def test_gate_spends_the_window_then_waits_for_the_reset() -> None:
-    clock = FakeClock()
-    gate = RateLimitGate(clock)
+def headers(remaining: int, reset: float, limit: int | None = None, window: float | None = None) -> dict[str, str]:
+    out = {"Ratelimit": f'"default";r={remaining};t={reset:g}'}
+    if limit is not None:
+        out["Ratelimit-Policy"] = f'"default";q={limit};w={window:g}'
+    return out
 
-    for remaining in (2, 1, 0):
-        window = gate.acquire(clock.sleep)
-        gate.release(window, (remaining, 3.0))
+
+def gate_on(clock: FakeClock, store: MemoryStore | None = None, **kwargs: Any) -> RateLimitGate:
+    return RateLimitGate(store or MemoryStore(clock), clock=clock, **kwargs)
+
+
+def test_first_request_goes_alone_until_an_answer_says_what_the_limit_is() -> None:
+    clock = FakeClock()
+    gate = gate_on(clock)
+
+    first = gate.try_acquire()
+    blocked = gate.try_acquire()
+    assert isinstance(first, Ticket)
+    assert not isinstance(blocked, Ticket)  # a blind burst could overrun an unknown limit
+
+    gate.release(first, headers(9, 2, limit=10, window=2))
+
+    assert isinstance(gate.try_acquire(), Ticket)
+
+
+def test_a_lost_answer_lets_the_next_blind_request_go() -> None:
+    clock = FakeClock()
+    gate = gate_on(clock)
+    first = gate.try_acquire()
+    assert isinstance(first, Ticket)
+
+    gate.release(first, None)  # no response at all: still nothing known
+
+    assert isinstance(gate.try_acquire(), Ticket)
+    assert not isinstance(gate.try_acquire(), Ticket)
+
+
+def test_the_quota_counts_each_request_until_a_window_after_its_answer() -> None:
+    clock = FakeClock()
+    gate = gate_on(clock)
+    for remaining in (7, 6, 5):  # r says more is left (others' budget): the limit says 3 per 10 s
+        ticket = gate.acquire(clock.sleep)
+        clock.now += 1.0  # each answer takes a second: 101, 102, 103
+        gate.release(ticket, headers(remaining, 10, limit=3, window=10))
     assert clock.slept == []
 
     gate.acquire(clock.sleep)
 
-    assert clock.slept == [3.0]
+    assert clock.now == pytest.approx(111.0)  # the first answer (101) plus the window
 
 
-def test_gate_never_sends_more_than_remaining_while_answers_are_outstanding() -> None:
+def test_an_answer_saying_nothing_is_left_closes_the_gate_until_the_announced_reset() -> None:
     clock = FakeClock()
-    gate = RateLimitGate(clock)
-    window = gate.acquire(clock.sleep)
-    gate.release(window, (3, 10.0))
+    gate = gate_on(clock)
+    ticket = gate.acquire(clock.sleep)
+    gate.release(ticket, headers(0, 5, limit=100, window=60))  # someone else spent the window
 
-    sent = [gate.acquire(clock.sleep) for _ in range(3)]  # three unanswered, three left
-
-    assert clock.slept == []
-    gate.release(sent[0], (2, 10.0))
-    gate.release(sent[1], (1, 10.0))
-    gate.release(sent[2], (0, 10.0))
     gate.acquire(clock.sleep)
-    assert clock.slept == [10.0]
 
-
-def test_answers_from_an_earlier_window_are_ignored() -> None:
-    clock = FakeClock()
-    gate = RateLimitGate(clock)
-    first = gate.acquire(clock.sleep)
-    late = gate.acquire(clock.sleep)
-    gate.release(first, (0, 1.0))
-    clock.now += 1.5  # the window has reset while `late` was in flight
-    fresh = gate.acquire(clock.sleep)
-
-    gate.release(late, (0, 1.0))  # the old window's last answer
-    gate.release(fresh, (9, 1.0))
-
-    assert gate.acquire(clock.sleep) == fresh
-    assert clock.slept == []
+    assert clock.slept == [pytest.approx(5.0)]
 
 
 def test_the_earliest_reset_estimate_wins() -> None:
     clock = FakeClock()
-    gate = RateLimitGate(clock)
-    a = gate.acquire(clock.sleep)
-    b = gate.acquire(clock.sleep)
-    gate.release(a, (1, 2.0))  # reset at 102
+    gate = gate_on(clock)
+    first = gate.acquire(clock.sleep)
+    gate.release(first, headers(2, 2, limit=100, window=60))  # reset at 102
+    a, b = gate.acquire(clock.sleep), gate.acquire(clock.sleep)
     clock.now += 0.9
-    gate.release(b, (0, 1.0))  # t rounded up: reset at 101.9, tighter
+    gate.release(a, headers(1, 2, limit=100, window=60))  # 102.9: later, ignored
+    gate.release(b, headers(0, 1, limit=100, window=60))  # 101.9: t rounded up, still the tightest
 
     gate.acquire(clock.sleep)
 
-    assert clock.slept == [pytest.approx(1.0)]
+    assert clock.now == pytest.approx(101.9)
+
+
+def test_answers_to_requests_granted_before_the_reset_do_not_close_the_new_window() -> None:
+    clock = FakeClock()
+    gate = gate_on(clock)
+    first = gate.acquire(clock.sleep)
+    gate.release(first, headers(5, 1, limit=10, window=1))  # reset at 101
+    late = gate.acquire(clock.sleep)
+    clock.now += 1.5  # the window reset while `late` was in flight
+    fresh = gate.acquire(clock.sleep)
+
+    gate.release(late, headers(0, 1, limit=10, window=1))  # the old window's last answer
+    gate.release(fresh, headers(9, 1, limit=10, window=1))
+
+    gate.acquire(clock.sleep)
+    assert clock.slept == []
+
+
+def test_sharers_split_the_limit_between_hosts() -> None:
+    clock = FakeClock()
+    hosts = [gate_on(clock, sharers=2), gate_on(clock, sharers=2)]  # one store each: two hosts
+    sent = dict.fromkeys(range(2), 0)
+    for i, gate in enumerate(hosts):
+        while isinstance(ticket := gate.try_acquire(), Ticket):
+            gate.release(ticket, headers(9, 10, limit=10, window=10))
+            sent[i] += 1
+
+    assert sent == {0: 5, 1: 5}
+
+
+def test_more_sharers_than_the_limit_is_a_configuration_error() -> None:
+    clock = FakeClock()
+    gate = gate_on(clock, sharers=3)
+    gate.release(gate.acquire(clock.sleep), headers(1, 10, limit=2, window=10))
+
+    with pytest.raises(CloudflareConfigError, match="'rate_limit_sharers' is 3, more than the token's limit of 2"):
+        gate.acquire(clock.sleep)
+
+
+def test_a_dead_holders_slots_count_for_a_window_after_its_death_is_seen() -> None:
+    clock = FakeClock()
+    dead: set[str] = set()
+    store = MemoryStore(clock, alive=lambda holder: holder not in dead)
+    crashed, survivor = gate_on(clock, store), gate_on(clock, store)
+    survivor.release(survivor.acquire(clock.sleep), headers(1, 10, limit=2, window=10))  # answered at 100
+    crashed.acquire(clock.sleep)  # counted, never answered: the process dies
+    clock.now = 104.0
+    dead.add(crashed.holder)
+
+    survivor.acquire(clock.sleep)  # the quota of 2 frees when the first answer is 10 s old
+
+    assert clock.now == pytest.approx(110.0)
+    assert crashed.holder not in store.state.held
+    assert store.state.spent == [[104.0, 1]]  # the dead holder's slot, as of its death
+
+
+def test_a_silent_holder_on_another_host_is_reaped_after_stale_after() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock, alive=lambda holder: None)  # liveness cannot be checked
+    silent, other = gate_on(clock, store), gate_on(clock, store)
+    other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
+    silent.acquire(clock.sleep)
+
+    clock.now += STALE_AFTER - 1
+    other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
+    assert silent.holder in store.state.held
+    clock.now += 2
+    other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
+    assert silent.holder not in store.state.held
+
+
+def test_a_server_without_ratelimit_headers_is_not_paced() -> None:
+    clock = FakeClock()
+    gate = gate_on(clock)
+    gate.release(gate.acquire(clock.sleep), {"Content-Type": "application/json"})
+
+    tickets = [gate.try_acquire() for _ in range(3 * LEASE_MAX)]
+
+    assert all(isinstance(t, Ticket) for t in tickets)
+
+
+@pytest.mark.parametrize(("limit", "lease"), [(1_000_000, LEASE_MAX), (40, 1)], ids=["far", "near"])
+def test_leases_take_many_slots_only_while_the_limit_is_far(limit: int, lease: int) -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(limit - 1, 60, limit=limit, window=60))
+
+    gate.acquire(clock.sleep)
+
+    assert store.state.held[gate.holder][0] == lease
+
+
+def test_a_lease_is_given_back_when_an_answer_shows_a_lower_limit() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    store.state.limit, store.state.period, store.state.exact = 10**6, 60.0, True  # learned earlier
+    first = gate.acquire(clock.sleep)
+    assert store.state.held[gate.holder][0] == LEASE_MAX
+
+    gate.release(first, headers(4, 2, limit=5, window=2))  # the server's limit is 5 per 2 s now
+    sent = 1
+    while isinstance(ticket := gate.try_acquire(), Ticket):
+        gate.release(ticket, headers(3, 2, limit=5, window=2))
+        sent += 1
+
+    assert sent == 5
+
+
+def test_a_gate_gives_back_unused_slots_when_it_closes() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(10**6, 60, limit=10**6 + 1, window=60))
+    gate.release(gate.acquire(clock.sleep), headers(10**6 - 1, 60, limit=10**6 + 1, window=60))
+    assert store.state.held[gate.holder][0] == LEASE_MAX  # one used, unsettled; the rest unused
+
+    gate.close()
+
+    assert gate.holder not in store.state.held
+    assert sum(n for _, n in store.state.spent) == 2
+
+
+def test_an_idle_process_gives_its_lease_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_cfai.hooks import _pacing
+
+    monkeypatch.setattr(_pacing, "LEASE_IDLE", 0.05)
+    store = MemoryStore()
+    gate = RateLimitGate(store)
+    gate.release(gate.acquire(), headers(10**6, 60, limit=10**6 + 1, window=60))
+    gate.release(gate.acquire(), headers(10**6 - 1, 60, limit=10**6 + 1, window=60))
+    assert store.state.held[gate.holder][0] == LEASE_MAX  # a lease, mostly unused
+
+    deadline = time.monotonic() + 10
+    while gate.holder in store.state.held and time.monotonic() < deadline:
+        time.sleep(0.01)  # the gate's timer thread returns it; nothing else touches the gate
+
+    assert gate.holder not in store.state.held
+    assert sum(n for _, n in store.state.spent) == 2
+
+
+def test_plain_dict_headers_are_read_whatever_their_case() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), {"ratelimit": '"default";r=4;t=9', "RATELIMIT-POLICY": '"x";q=5;w=9'})
+
+    assert (store.state.limit, store.state.period) == (5, 9.0)
+
+
+def test_window_state_survives_json() -> None:
+    import json
+
+    state = WindowState(limit=10, exact=True, period=2.0, held={"h|1|2|3": [2, 5.0]}, spent=[[1.5, 3]], epoch=4)
+
+    assert WindowState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+    with pytest.raises(ValueError, match="not a window state"):
+        WindowState.from_dict({"held": {"h": "x"}})
+
+
+def test_async_acquire_waits_without_blocking_the_event_loop() -> None:
+    gate = RateLimitGate(MemoryStore())
+    loop_threads: set[threading.Thread] = set()
+    store_threads: set[threading.Thread] = set()
+    transact = gate.store.transact
+
+    def recording(update: Any) -> Any:
+        store_threads.add(threading.current_thread())
+        return transact(update)
+
+    gate.store.transact = recording  # type: ignore[method-assign]
+
+    async def main() -> tuple[int, float]:
+        loop_threads.add(threading.current_thread())
+        ticket = await gate.acquire_async()
+        await gate.release_async(ticket, headers(0, 1, limit=1, window=0.2))  # nothing left for 0.2 s
+        ticks = 0
+        started = time.monotonic()
+        waiter = asyncio.ensure_future(gate.acquire_async())
+        while not waiter.done():
+            ticks += 1
+            await asyncio.sleep(0.01)
+        await gate.release_async(waiter.result(), headers(0, 1, limit=1, window=0.2))
+        return ticks, time.monotonic() - started
+
+    ticks, waited = asyncio.run(main())
+
+    assert waited >= 0.15  # it did wait for the window
+    assert ticks >= 5  # and the loop kept running meanwhile
+    assert store_threads
+    assert not store_threads & loop_threads  # store I/O stayed off the loop
+
+
+def test_a_waiter_cancelled_mid_trip_leaves_its_grant_to_the_next_request() -> None:
+    store = MemoryStore()
+    gate = RateLimitGate(store)
+    inside, go_on = threading.Event(), threading.Event()
+    transact = store.transact
+
+    def slow(update: Any) -> Any:
+        inside.set()
+        go_on.wait(5)
+        return transact(update)
+
+    async def main() -> Ticket:
+        store.transact = slow  # type: ignore[method-assign]
+        waiter = asyncio.ensure_future(gate.acquire_async())
+        await asyncio.to_thread(inside.wait, 5)
+        waiter.cancel()  # while the store trip runs in its thread
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        go_on.set()
+        store.transact = transact  # type: ignore[method-assign]
+        while not store.state.held:
+            await asyncio.sleep(0.01)  # the abandoned trip finishes on its own
+        return await gate.acquire_async()
+
+    ticket = asyncio.run(main())
+
+    assert ticket.gate is gate
+    assert store.state.slots_held() == 1  # the abandoned grant was used, not leaked beside a new one
+    assert gate._waiting == 0
