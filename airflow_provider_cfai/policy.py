@@ -66,6 +66,7 @@ __all__ = [
     "backoff",
     "error_class",
     "is_retryable",
+    "log_retry",
     "pace",
     "parse_ratelimit",
     "parse_ratelimit_policy",
@@ -232,6 +233,26 @@ class RetryController:
 
     def wait(self, state: Any) -> float:
         return self._decide(state) or 0.0
+
+
+def log_retry(log: Any, state: Any, *, attempts: int) -> None:
+    """Say, at WARNING, why a call is retried and after how long: the same words for both
+    transports (method, path, status or failure; never headers, bodies or secrets)."""
+    failure = state.outcome.exception() if state.outcome is not None else None
+    error = failure.error if isinstance(failure, AttemptFailed) else failure
+    if isinstance(error, CloudflareAPIError):
+        reason = f"HTTP {error.status}" if error.status else (error.detail or "no response")
+    else:
+        reason = type(error).__name__
+    log.warning(
+        "%s %s failed (%s); retrying in %.1f s (attempt %d of %d)",
+        getattr(error, "method", "?"),
+        getattr(error, "path", "?"),
+        reason,
+        state.upcoming_sleep,
+        state.attempt_number + 1,
+        attempts,
+    )
 
 
 # -- header parsing: what the server said -------------------------------------------------------

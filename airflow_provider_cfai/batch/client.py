@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflarePermanentAPIError
-from airflow_provider_cfai.hooks._connection import checked_account_id
+from airflow_provider_cfai.hooks._connection import checked_account_id, user_agent
 from airflow_provider_cfai.hooks._pacing import gate_for_settings
 from airflow_provider_cfai.hooks._responses import unwrap
 from airflow_provider_cfai.policy import (
@@ -31,6 +31,7 @@ from airflow_provider_cfai.policy import (
     RetryPolicy,
     after_status,
     after_transport_failure,
+    log_retry,
 )
 
 if TYPE_CHECKING:
@@ -119,8 +120,9 @@ class AsyncCloudflareClient:
                 max_connections=self._max_connections, max_keepalive_connections=self._max_connections
             )
             mounts = {_proxy_pattern(key): httpx.AsyncHTTPTransport(proxy=url) for key, url in settings.proxies.items()}
+            headers = {"User-Agent": user_agent(f"httpx/{httpx.__version__}"), "Accept": "application/json"}
             self._http = httpx.AsyncClient(
-                headers={"User-Agent": _user_agent(), "Accept": "application/json", **settings.auth_headers},
+                headers={**headers, **settings.auth_headers},
                 timeout=httpx.Timeout(settings.timeout, connect=min(_CONNECT_TIMEOUT, settings.timeout)),
                 limits=limits,
                 verify=verify,
@@ -217,35 +219,9 @@ class AsyncCloudflareClient:
         return f"the connection to {self.origin} failed ({type(exc).__name__})"
 
     def _log_retry(self, state: RetryCallState) -> None:
-        failure = state.outcome.exception() if state.outcome else None
-        error = failure.error if isinstance(failure, AttemptFailed) else failure
-        if isinstance(error, CloudflareAPIError):
-            reason = f"HTTP {error.status}" if error.status else (error.detail or "no response")
-        else:
-            reason = type(error).__name__
-        self.log.warning(
-            "%s %s failed (%s); retrying in %.1f s (attempt %d of %d)",
-            getattr(error, "method", "?"),
-            getattr(error, "path", "?"),
-            reason,
-            state.upcoming_sleep,
-            state.attempt_number + 1,
-            self.settings.max_retries + 1,
-        )
+        log_retry(self.log, state, attempts=self.settings.max_retries + 1)
 
 
 def _proxy_pattern(key: str) -> str:
     """``requests``' proxy keys (``https``, ``all``, ``http://host``) as ``httpx`` mount patterns."""
     return key if "://" in key else f"{key}://"
-
-
-def _user_agent() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from airflow_provider_cfai import __version__
-
-    try:
-        airflow_version = version("apache-airflow-core")
-    except PackageNotFoundError:  # pragma: no cover - Airflow installed from source
-        airflow_version = "unknown"
-    return f"airflow-provider-cfai/{__version__} apache-airflow/{airflow_version} httpx/{httpx.__version__}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -151,6 +152,20 @@ def _number(conn_id: str, overrides: Mapping[str, Any], extras: Mapping[str, Any
     if key == "max_retries" and not number.is_integer():
         raise CloudflareConfigError(f"Connection {conn_id!r}: extra {key!r} must be {kind} number, got {value!r}.")
     return number
+
+
+@functools.cache
+def user_agent(client: str) -> str:
+    """``airflow-provider-cfai/<version> apache-airflow/<version> <client>`` for both transports."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from airflow_provider_cfai import __version__
+
+    try:
+        airflow_version = version("apache-airflow-core")
+    except PackageNotFoundError:  # pragma: no cover - Airflow installed from source
+        airflow_version = "unknown"
+    return f"airflow-provider-cfai/{__version__} apache-airflow/{airflow_version} {client}"
 
 
 def missing_connection_error(conn_id: str, conn_type: str, error: Exception) -> CloudflareConfigError | None:

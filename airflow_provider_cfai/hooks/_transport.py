@@ -6,7 +6,6 @@ Imported only once the hook sends its first request: it pulls in ``requests``.
 from __future__ import annotations
 
 import time
-from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,20 +28,6 @@ class BlockSizeAdapter(HTTPAdapter):
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         pool_kwargs.setdefault("blocksize", self._blocksize)
         super().init_poolmanager(connections, maxsize, block=block, **pool_kwargs)
-
-
-@cache
-def user_agent() -> str:
-    """``airflow-provider-cfai/<version> apache-airflow/<version> requests/<version>``."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from airflow_provider_cfai import __version__
-
-    try:
-        airflow_version = version("apache-airflow-core")
-    except PackageNotFoundError:  # pragma: no cover - Airflow installed from source
-        airflow_version = "unknown"
-    return f"airflow-provider-cfai/{__version__} apache-airflow/{airflow_version} requests/{requests.__version__}"
 
 
 def may_have_been_sent(error: requests.exceptions.RequestException) -> bool:

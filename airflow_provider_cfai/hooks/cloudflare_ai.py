@@ -35,6 +35,7 @@ from airflow_provider_cfai.policy import (
     after_status,
     after_transport_failure,
     asset_already_uploaded,
+    log_retry,
 )
 
 if TYPE_CHECKING:
@@ -153,13 +154,16 @@ class CloudflareAIHook(BaseHook):
         """One pooled HTTP session per hook, carrying auth and the User-Agent."""
         import requests
 
-        from airflow_provider_cfai.hooks._transport import BlockSizeAdapter, user_agent
+        from airflow_provider_cfai.hooks._connection import user_agent
+        from airflow_provider_cfai.hooks._transport import BlockSizeAdapter
 
         session = requests.Session()
         adapter = BlockSizeAdapter(blocksize=_UPLOAD_BLOCKSIZE, pool_maxsize=16)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        session.headers.update({"User-Agent": user_agent(), "Accept": "application/json"})
+        session.headers.update(
+            {"User-Agent": user_agent(f"requests/{requests.__version__}"), "Accept": "application/json"}
+        )
         session.headers.update(self.settings.auth_headers)
         session.proxies.update(self.settings.proxies)
         session.verify = self.settings.verify
@@ -264,21 +268,7 @@ class CloudflareAIHook(BaseHook):
             raise after_status(error, response.headers.get("Retry-After")) from None
 
     def _log_retry(self, state: RetryCallState) -> None:
-        failure = state.outcome.exception() if state.outcome else None
-        error = failure.error if isinstance(failure, AttemptFailed) else failure
-        if isinstance(error, CloudflareAPIError):
-            reason = f"HTTP {error.status}" if error.status else (error.detail or "no response")
-        else:
-            reason = type(error).__name__
-        self.log.warning(
-            "%s %s failed (%s); retrying in %.1f s (attempt %d of %d)",
-            getattr(error, "method", "?"),
-            getattr(error, "path", "?"),
-            reason,
-            state.upcoming_sleep,
-            state.attempt_number + 1,
-            self.settings.max_retries + 1,
-        )
+        log_retry(self.log, state, attempts=self.settings.max_retries + 1)
 
     # -- finetunes --------------------------------------------------------------------------------
 
