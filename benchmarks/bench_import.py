@@ -24,12 +24,14 @@ from table import Figure, Row
 OURS = {
     "operators.finetune": "import airflow_provider_cfai.operators.finetune",
     "operators.inference": "import airflow_provider_cfai.operators.inference",
+    "operators.batch": "import airflow_provider_cfai.operators.batch",
 }
 ANCHORS = {
     "http provider": "import airflow.providers.http.operators.http",
     "cloudflare SDK": "from cloudflare import Cloudflare",
 }
-HEAVY = ["requests", "requests_toolbelt", "fastapi", "uvicorn", "httpx"]
+# httpx and fsspec are not listed: airflow.sdk itself imports them, so every DAG file pays them already.
+HEAVY = ["requests", "requests_toolbelt", "fastapi", "uvicorn", "redis", "openlineage"]
 TARGET_MS = 5.0
 
 PROBE = """
