@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 
-__all__ = ["ApiError", "error_body", "json_response", "success_body", "success_body_raw"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["ApiError", "error_body", "json_response", "query_int", "success_body", "success_body_raw"]
 
 JSON_TYPE = "application/json"
 
@@ -57,3 +60,18 @@ def error_body(errors: list[dict[str, Any]]) -> bytes:
 def json_response(body: bytes | Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return Response(raw, status_code=status, media_type=JSON_TYPE, headers=headers)
+
+
+def query_int(query: Mapping[str, str], name: str, *, default: int, low: int, high: int, code: int) -> int:
+    """A whole-number query parameter in ``[low, high]``; anything else is a 400 with ``code``."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        number = float(raw)
+    except ValueError:
+        number = float("nan")
+    # The official SDK sends floats ("20.0"); anything not a whole number in range is refused.
+    if not number.is_integer() or not low <= number <= high:
+        raise ApiError(400, code, f"'{name}' must be an integer between {low} and {high}; got {raw!r}")
+    return int(number)

@@ -24,7 +24,7 @@ import dataclasses
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cfai.emulator.envelope import ApiError
+from airflow_provider_cfai.emulator.envelope import query_int
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -85,8 +85,8 @@ def catalog_for(settings: EmulatorSettings) -> Catalog:
 
 def search_body(catalog: Catalog, query: Mapping[str, str]) -> dict[str, Any]:
     """One page of the models matching ``query``, in Cloudflare's envelope with ``result_info``."""
-    page = _query_int(query, "page", 1, 1, 2**31)
-    per_page = _query_int(query, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
+    page = query_int(query, "page", default=1, low=1, high=2**31, code=1010)
+    per_page = query_int(query, "per_page", default=DEFAULT_PER_PAGE, low=1, high=MAX_PER_PAGE, code=1010)
     found = [entry for entry in catalog.entries if _matches(entry, query)]
     items = found[(page - 1) * per_page : page * per_page]
     info = {"page": page, "per_page": per_page, "count": len(items), "total_count": len(found)}
@@ -163,16 +163,3 @@ def _matches(entry: dict[str, Any], query: Mapping[str, str]) -> bool:
         return False
     source = query.get("source", "").strip()
     return not source or source == str(entry.get("source"))
-
-
-def _query_int(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    try:
-        number = float(raw)
-    except ValueError:
-        number = float("nan")
-    if not number.is_integer() or not low <= number <= high:
-        raise ApiError(400, 1010, f"'{name}' must be an integer between {low} and {high}; got {raw!r}")
-    return int(number)

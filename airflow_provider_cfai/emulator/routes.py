@@ -41,7 +41,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from airflow_provider_cfai.emulator import batch_queue, catalog, models
-from airflow_provider_cfai.emulator.envelope import ApiError, json_response, success_body
+from airflow_provider_cfai.emulator.envelope import ApiError, json_response, query_int, success_body
 from airflow_provider_cfai.emulator.inference import run_model
 from airflow_provider_cfai.emulator.middleware import API_PREFIX
 from airflow_provider_cfai.emulator.uploads import ClientGone, receive_asset
@@ -71,20 +71,6 @@ def _required_text(body: dict[str, Any], field: str) -> str:
     return value
 
 
-def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        number = float(raw)
-    except ValueError:
-        number = float("nan")
-    # The SDK sends floats ("20.0"); anything not a whole number in range is refused.
-    if not number.is_integer() or not low <= number <= high:
-        raise ApiError(400, 1006, f"'{name}' must be an integer between {low} and {high}; got {raw!r}")
-    return int(number)
-
-
 def build_api_router(state: EmulatorState) -> APIRouter:
     router = APIRouter(prefix=API_PREFIX)
 
@@ -108,8 +94,8 @@ def build_api_router(state: EmulatorState) -> APIRouter:
 
     @router.get("/accounts/{account_id}/ai/finetunes/public")
     async def list_public_finetunes(request: Request, account_id: str) -> Response:
-        limit = _query_int(request, "limit", 20, 1, 1000)
-        offset = _query_int(request, "offset", 0, 0, 2**31)
+        limit = query_int(request.query_params, "limit", default=20, low=1, high=1000, code=1006)
+        offset = query_int(request.query_params, "offset", default=0, low=0, high=2**31, code=1006)
         order_by = request.query_params.get("orderBy")
         if order_by is not None and order_by not in catalog.FINETUNE_COLUMNS:
             allowed = ", ".join(catalog.FINETUNE_COLUMNS)
