@@ -200,12 +200,13 @@ def test_a_catalog_outage_after_the_hooks_retries_is_a_warning(
 
 
 def test_the_family_is_checked_from_the_name_when_the_catalog_is_unreadable(emulator: Any, tmp_path: Path) -> None:
-    emulator.add_fault(method="GET", path=r"/ai/models/search$", status=403, times=5)
+    rule = emulator.add_fault(method="GET", path=r"/ai/models/search$", status=403, times=5)
     adapter = write_lora_adapter(tmp_path / "adapter", model_type="gemma")
 
     with pytest.raises(PreflightCheckError, match="is a mistral model"):
         create(adapter=str(adapter))
 
+    assert emulator.fired(rule) == 1  # the catalog was really unreadable
     assert emulator.finetunes() == []
 
 
