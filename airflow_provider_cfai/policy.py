@@ -15,7 +15,8 @@ bottom, this file answers "is HTTP 501 retried, and why?":
 3. **When an outcome is unknown.** A request that may have reached Cloudflare (a timeout after
    connecting, a reset, a 5xx or 408) may have been applied. A create in that state is looked up
    before it is sent again, so a retry never makes a duplicate. A 429 is refused before any work, and
-   a connection that was never established sent nothing.
+   a connection that was never established sent nothing. A call that cannot be looked up (a Batch
+   API submit) is not re-sent at all after an unknown outcome: it fails, and says so.
 4. **How long to wait.** A 429's ``Retry-After`` (seconds or an HTTP date) exactly; otherwise
    exponential backoff (0.5 s, 1 s, 2 s, … capped at 30 s) plus up to 0.5 s of jitter, so workers that
    failed together do not retry together.
@@ -171,10 +172,15 @@ class RetryPolicy:
 
     :param max_retries: attempts after the first.
     :param retry_budget: seconds one call may spend waiting between attempts, in all.
+    :param resend_unknown: ``False`` for a call that must not be sent twice and cannot be looked up
+        (a Batch API submit): after an attempt whose outcome is unknown it gives up instead of
+        re-sending, so a duplicate is never made silently. A refused call (429) or one that never
+        connected is still retried. A create passes ``True``: the hook looks it up first.
     """
 
     max_retries: int
     retry_budget: float
+    resend_unknown: bool = True
 
     def next_wait(
         self, failure: BaseException, *, attempt_number: int, waited: float, jitter: float = 0.0
@@ -186,6 +192,8 @@ class RetryPolicy:
         :param jitter: a random number in ``[0, 1)``, scaled to :data:`JITTER` seconds.
         """
         if not is_retryable(failure) or attempt_number > self.max_retries:
+            return None
+        if not self.resend_unknown and isinstance(failure, AttemptFailed) and failure.outcome_unknown:
             return None
         left = self.retry_budget - waited
         retry_after = failure.retry_after if isinstance(failure, AttemptFailed) else None

@@ -165,3 +165,18 @@ def test_which_item_failures_stop_a_batch(status: int | None, stops: bool) -> No
     error = policy.error_class(status)("POST", "/accounts/a/ai/run/m", status)
 
     assert policy.stops_the_batch(error) is stops
+
+
+@pytest.mark.parametrize(
+    ("failure", "retried"),
+    [
+        pytest.param(failure_for(503), False, id="5xx-after-sending"),
+        pytest.param(failure_for(None), False, id="no-answer-after-connecting"),
+        pytest.param(failure_for(None, connected=False), True, id="never-connected"),
+        pytest.param(failure_for(429, "2"), True, id="refused-at-the-door"),
+    ],
+)
+def test_a_call_that_cannot_be_looked_up_is_never_resent_blindly(failure: Any, retried: bool) -> None:
+    rules = policy.RetryPolicy(max_retries=3, retry_budget=10.0, resend_unknown=False)
+
+    assert (rules.next_wait(failure, attempt_number=1, waited=0.0) is not None) is retried

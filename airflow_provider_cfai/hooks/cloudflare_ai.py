@@ -188,9 +188,12 @@ class CloudflareAIHook(BaseHook):
         params: Mapping[str, Any] | None = None,
         upload: Callable[[], contextlib.AbstractContextManager[tuple[IO[bytes], str]]] | None = None,
         recover: Callable[[], Any] | None = None,
+        resend_unknown: bool = True,
     ) -> Any:
         """Send one API call under the retry policy and return the envelope's ``result``.
 
+        :param resend_unknown: ``False`` for a call that must not be repeated and cannot be looked up:
+            after an attempt whose outcome is unknown, it fails instead of being sent again.
         :param recover: for non-idempotent calls: after an attempt whose outcome is unknown (the
             request may have been applied), called before trying again, as part of the same attempt
             and the same waiting budget; a non-``None`` return value is taken as the call's result
@@ -198,7 +201,8 @@ class CloudflareAIHook(BaseHook):
         """
         from tenacity import Retrying
 
-        control = RetryController(RetryPolicy(self.settings.max_retries, self.settings.retry_budget))
+        rules = RetryPolicy(self.settings.max_retries, self.settings.retry_budget, resend_unknown=resend_unknown)
+        control = RetryController(rules)
         retrying = Retrying(
             retry=control.retry,
             stop=control.stop,
@@ -486,8 +490,9 @@ class CloudflareAIHook(BaseHook):
     ) -> dict[str, Any]:
         """Queue inputs on the Batch API (``POST /accounts/{id}/ai/run/{model}?queueRequest=true``).
 
-        Cloudflare has no call to find a queued batch again, so a submit whose answer is lost (and is
-        retried) may queue the inputs twice; callers record the returned ``request_id`` at once.
+        Cloudflare has no call to find a queued batch again, so a submit whose outcome is unknown (a
+        timeout or 5xx after sending) is not re-sent: it fails, rather than maybe queueing the inputs
+        twice. Callers record the returned ``request_id`` at once.
 
         :param requests: the model's normal inputs, each optionally with ``external_reference``; the
             whole payload must stay under 10 MB (``batch.engines.plan_chunks`` splits it).
@@ -504,7 +509,8 @@ class CloudflareAIHook(BaseHook):
                 )
         path = f"{self._account(account_id)}/ai/run/{quote(model, safe='/@')}"
         body = {"requests": [dict(item) for item in items]}
-        result = _as_object(self._request("POST", path, json=body, params={"queueRequest": "true"}), "POST", path)
+        answer = self._request("POST", path, json=body, params={"queueRequest": "true"}, resend_unknown=False)
+        result = _as_object(answer, "POST", path)
         if not isinstance(result.get("request_id"), str) or not result["request_id"]:
             raise CloudflareAPIError("POST", path, 200, detail="the queued batch's answer has no request_id")
         return result

@@ -85,3 +85,35 @@ def test_a_submit_answer_without_request_id_is_an_api_error(emulator: Any, make_
     with pytest.raises(CloudflareAPIError, match="no request_id"):
         make_hook().submit_batch(QUEUE_MODEL, [{"prompt": "a"}])
     assert emulator.fired(rule) == 1
+
+
+@pytest.mark.parametrize("action", ["drop_after_commit", "respond"])
+def test_a_submit_with_an_unknown_outcome_is_not_sent_again(emulator: Any, make_hook: Any, action: str) -> None:
+    # Cloudflare cannot list queued batches: re-sending could queue the inputs twice, unseen.
+    hook = make_hook()
+    hook._sleep = lambda seconds: None
+    rule = emulator.add_fault(path=r"/ai/run/", method="POST", request_body='"requests"', action=action, status=503)
+
+    with pytest.raises(CloudflareAPIError) as caught:
+        hook.submit_batch(QUEUE_MODEL, [{"prompt": "a"}])
+
+    assert not isinstance(caught.value, CloudflarePermanentAPIError)  # Airflow may retry the task
+    assert emulator.fired(rule) == 1
+    submits = [r for r in emulator.state()["requests"] if r["path"].endswith(QUEUE_MODEL)]
+    assert len(submits) == 1
+    assert len(emulator.state()["batches"]) == (1 if action == "drop_after_commit" else 0)
+
+
+def test_a_refused_submit_is_retried(emulator: Any, make_hook: Any) -> None:
+    hook = make_hook()
+    waits: list[float] = []
+    hook._sleep = waits.append
+    rule = emulator.add_fault(
+        path=r"/ai/run/", method="POST", request_body='"requests"', status=429, headers={"Retry-After": "3"}
+    )
+
+    queued = hook.submit_batch(QUEUE_MODEL, [{"prompt": "a"}])
+
+    assert emulator.fired(rule) == 1
+    assert waits == [3.0]
+    assert [b["request_id"] for b in emulator.state()["batches"]] == [queued["request_id"]]
