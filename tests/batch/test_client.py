@@ -7,6 +7,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from connections import settings_for
 
 from airflow_provider_cfai.batch.client import AsyncCloudflareClient
 from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareAuthError, CloudflarePermanentAPIError
@@ -18,19 +19,6 @@ if TYPE_CHECKING:
 
 MODEL = "@cf/meta/llama-3.1-8b-instruct"
 RUN = r"/ai/run/"
-
-
-def settings_for(emulator: RunningEmulator, **overrides: Any) -> ConnectionSettings:
-    fields: dict[str, Any] = {
-        "account_id": emulator.account_id,
-        "base_url": emulator.base_url,
-        "timeout": 10.0,
-        "max_retries": 3,
-        "retry_budget": 60.0,
-        "token": emulator.token,
-    }
-    fields.update(overrides)
-    return ConnectionSettings(**fields)
 
 
 class FakeSleep:

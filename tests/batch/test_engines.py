@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
+from connections import settings_for
 
 from airflow_provider_cfai.batch.client import AsyncCloudflareClient
 from airflow_provider_cfai.batch.engines import collect_queue, plan_chunks, run_direct
@@ -31,19 +32,6 @@ if TYPE_CHECKING:
 MODEL = "@cf/meta/llama-3.1-8b-instruct"
 QUEUE_MODEL = "@cf/meta/llama-3.3-70b-instruct-fp8-fast"
 RUN_COUNTER = "POST /accounts/{account_id}/ai/run/{model:path}"
-
-
-def settings_for(emulator: RunningEmulator, **overrides: Any) -> ConnectionSettings:
-    fields: dict[str, Any] = {
-        "account_id": emulator.account_id,
-        "base_url": emulator.base_url,
-        "timeout": 10.0,
-        "max_retries": 3,
-        "retry_budget": 60.0,
-        "token": emulator.token,
-    }
-    fields.update(overrides)
-    return ConnectionSettings(**fields)
 
 
 def prompts(n: int, start: int = 0) -> list[dict[str, Any]]:
