@@ -110,17 +110,23 @@ def create_lineage(record: Mapping[str, Any] | None) -> Lineage | None:
     return ol.OperatorLineage(inputs=_location(ol, record.get("adapter")), outputs=[finetune])
 
 
-def upload_lineage(*, conn_id: str, account_id: str | None, finetune: str, adapter: Any) -> Lineage | None:
+def upload_lineage(
+    *, conn_id: str, account_id: str | None, finetune: str, adapter: Any, record: Mapping[str, Any] | None = None
+) -> Lineage | None:
     """Lineage of an upload: the adapter folder in, the finetune (given by ID or name) out.
 
-    ``None`` without the OpenLineage provider. An ID costs one look-up of the finetune's name.
+    ``None`` without the OpenLineage provider. ``record`` is the finetune as the task already read
+    it; without it, an ID costs one look-up of the finetune's name.
     """
     ol = _openlineage()
     if ol is None:
         return None
     hook = _lookup_hook(conn_id)
     account = _account(hook, account_id)
-    resolved = _resolve_finetune(hook, finetune, account_id)
+    if record is not None and record.get("name") and record.get("id"):
+        resolved: tuple[str, str | None] | None = (str(record["name"]), str(record["id"]))
+    else:
+        resolved = _resolve_finetune(hook, finetune, account_id)
     outputs = [] if resolved is None else [_finetune(ol, account, *resolved)]
     return ol.OperatorLineage(inputs=_location(ol, adapter), outputs=outputs)
 

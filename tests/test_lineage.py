@@ -77,9 +77,11 @@ def test_create_without_adapter_reports_only_the_finetune(emulator: Any) -> None
 def test_upload_by_id_names_the_finetune_like_create_does(emulator: Any, finetune_id: str, adapter: Path) -> None:
     op = UploadFinetuneAssetsOperator(task_id="upload", finetune_id=finetune_id, adapter=str(adapter))
     op.execute(context={})  # type: ignore[arg-type]
+    requests_before = len(emulator.state()["requests"])
 
     lineage = extract(op)
 
+    assert len(emulator.state()["requests"]) == requests_before  # execute already read the finetune
     assert names(lineage.inputs) == [("file", str(adapter))]
     assert names(lineage.outputs) == [(f"{SCHEME}://{emulator.account_id}", "finetunes/my%20bot")]
     assert symlinks(lineage.outputs[0]) == [f"finetunes/{finetune_id}"]

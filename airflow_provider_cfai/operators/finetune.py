@@ -267,6 +267,7 @@ class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
                 "pass the ID CreateFinetuneOperator returned (or an existing finetune's name)"
             )
         finetune_id = str(finetune["id"])
+        self._finetune_record = finetune  # lineage names it without a second look-up
         self.hook.upload_adapter(finetune_id, adapter, account_id=self.account_id)
         self.log.info("Uploaded adapter %s to finetune %s (%s)", adapter.location, finetune_id, wanted)
         return finetune_id
@@ -274,10 +275,14 @@ class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Lineage | None:
         """OpenLineage (with its provider installed): the adapter folder in, the finetune out.
 
-        A finetune given by ID costs one look-up of its name (short timeout, no retries).
+        Uses the finetune ``execute`` read; only if that is missing does an ID cost a look-up of its name.
         """
         from airflow_provider_cfai.lineage import upload_lineage
 
         return upload_lineage(
-            conn_id=self.cloudflare_conn_id, account_id=self.account_id, finetune=self.finetune_id, adapter=self.adapter
+            conn_id=self.cloudflare_conn_id,
+            account_id=self.account_id,
+            finetune=self.finetune_id,
+            adapter=self.adapter,
+            record=getattr(self, "_finetune_record", None),
         )
