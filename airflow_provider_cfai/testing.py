@@ -394,4 +394,3 @@ def point_connection_at(emulator: RunningEmulator, env: SetsEnv, conn_id: str = 
     With pytest's ``monkeypatch`` as ``env`` the variable is removed again after the test.
     """
     env.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", emulator.connection_json())
-
