@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from airflow_provider_cfai._numbers import whole_number
 from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, PreflightCheckError
 from airflow_provider_cfai.hooks import _catalog
 
@@ -86,11 +87,8 @@ def check_room(count: int, *, limit: int, name: str, log: TaskLog) -> None:
 
 def checked_limit(value: object) -> int:
     """``max_finetunes`` as rendered (an int, or the string a template gives), at least 1."""
-    try:
-        number = int(str(value).strip()) if not isinstance(value, bool) else 0
-    except ValueError:
-        number = 0
-    if number < 1:
+    number = whole_number(value, minimum=1)
+    if number is None:
         raise CloudflareInputError(f"max_finetunes must be a whole number >= 1, got {value!r}")
     return number
 
