@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from airflow_provider_cfai.adapters import LoraAdapter
     from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
 
-__all__ = ["DEFAULT_MAX_FINETUNES", "check_model", "check_room", "checked_limit", "same_name"]
+__all__ = ["DEFAULT_MAX_FINETUNES", "check_model", "check_room", "checked_limit"]
 
 #: Cloudflare's limit on finetunes per account (April 2026; it was 30 before).
 DEFAULT_MAX_FINETUNES = 100
@@ -91,13 +91,6 @@ def checked_limit(value: object) -> int:
     if number is None:
         raise CloudflareInputError(f"max_finetunes must be a whole number >= 1, got {value!r}")
     return number
-
-
-def same_name(finetunes: Iterable[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    """The finetune a create of ``name`` would reuse: the oldest one of that name."""
-    return min(
-        (f for f in finetunes if f.get("name") == name), key=lambda f: str(f.get("created_at", "")), default=None
-    )
 
 
 def _check_family(

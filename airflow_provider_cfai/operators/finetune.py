@@ -123,6 +123,7 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
     def execute(self, context: Context) -> str:
         from airflow_provider_cfai import preflight
         from airflow_provider_cfai.adapters import load_adapter, prepare_adapter
+        from airflow_provider_cfai.hooks._finetunes import oldest_named
 
         # First, so a task that fails below still shows the link (and Airflow logs no missing XCom).
         CloudflareWorkersAILink.persist(context, self.account_id or self.hook.settings.account_id)
@@ -143,7 +144,7 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
             preflight.check_model(self.hook, model, adapter=adapter, account_id=self.account_id, log=self.log)
 
         finetunes = self.hook.list_finetunes(account_id=self.account_id)
-        existing = preflight.same_name(finetunes, name)
+        existing = oldest_named(finetunes, name)
         if existing is not None:
             if existing.get("model") != model:
                 raise FinetuneConflictError(
