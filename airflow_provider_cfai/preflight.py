@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow_provider_cfai._numbers import whole_number
-from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, PreflightCheckError
+from airflow_provider_cfai.exceptions import CloudflareAPIError, PreflightCheckError
 from airflow_provider_cfai.hooks import _catalog
 
 if TYPE_CHECKING:
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
     from airflow_provider_cfai.adapters import LoraAdapter
     from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
 
-__all__ = ["DEFAULT_MAX_FINETUNES", "check_model", "check_room", "checked_limit"]
+__all__ = ["DEFAULT_MAX_FINETUNES", "check_model", "check_room"]
 
 #: Cloudflare's limit on finetunes per account (April 2026; it was 30 before).
 DEFAULT_MAX_FINETUNES = 100
@@ -83,14 +82,6 @@ def check_room(count: int, *, limit: int, name: str, log: TaskLog) -> None:
             name,
             limit - count - 1,
         )
-
-
-def checked_limit(value: object) -> int:
-    """``max_finetunes`` as rendered (an int, or the string a template gives), at least 1."""
-    number = whole_number(value, minimum=1)
-    if number is None:
-        raise CloudflareInputError(f"max_finetunes must be a whole number >= 1, got {value!r}")
-    return number
 
 
 def _check_family(

@@ -261,22 +261,31 @@ def test_a_prepared_adapter_of_another_family_is_still_caught(emulator: Any, tmp
 # -- arguments -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [0, -1, "many", True, 2.5], ids=["zero", "negative", "word", "bool", "float"])
+@pytest.mark.parametrize(
+    "value", [0, -1, "many", True, 2.5, "{{ params.limit }}"], ids=["zero", "negative", "word", "bool", "float", "template"]
+)
 def test_a_bad_max_finetunes_is_rejected_at_dag_parse(value: object) -> None:
     with pytest.raises(CloudflareInputError, match="max_finetunes must be a whole number >= 1"):
         CreateFinetuneOperator(task_id="c", model=MISTRAL, finetune_name="n", max_finetunes=value)  # type: ignore[arg-type]
 
 
-def test_templated_arguments_are_accepted_at_parse_and_checked_after_rendering(emulator: Any) -> None:
-    templated: dict[str, Any] = {"max_finetunes": "{{ params.limit }}", "preflight": "{{ params.p }}"}
-    operator = CreateFinetuneOperator(task_id="c", model=MISTRAL, finetune_name="n", **templated)
-    # What rendering left behind.
-    operator.max_finetunes, operator.preflight = "0", "true"  # type: ignore[assignment]
+@pytest.mark.parametrize(
+    "knob",
+    [
+        pytest.param({"max_finetunes": "{{ params.limit }}"}, id="max_finetunes"),
+        pytest.param({"preflight": "{{ params.p }}"}, id="preflight"),
+        pytest.param({"preflight": "false"}, id="preflight-string"),
+        pytest.param({"public": "{{ params.public }}"}, id="public"),
+        pytest.param({"prepare_adapter": 1}, id="prepare_adapter-int"),
+        pytest.param({"if_exists": "{{ params.if_exists }}"}, id="if_exists"),
+    ],
+)
+def test_knobs_are_not_templated_and_a_template_in_one_is_rejected_at_dag_parse(knob: dict[str, Any]) -> None:
+    (field,) = knob
+    assert field not in CreateFinetuneOperator.template_fields
 
-    with pytest.raises(CloudflareInputError, match="max_finetunes"):
-        operator.execute(context={})
-
-    assert calls(emulator, "POST", FINETUNES_ROUTE) == []
+    with pytest.raises(CloudflareInputError, match=field):
+        CreateFinetuneOperator(task_id="c", model=MISTRAL, finetune_name="n", **knob)
 
 
 def test_an_unknown_model_type_is_rejected_at_dag_parse() -> None:
