@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
+from emulator_requests import calls, fill
 from peft_output import write_peft_output
 
 from airflow_provider_cfai.adapter_factory import write_lora_adapter
@@ -26,22 +26,6 @@ def create(**kwargs: Any) -> str:
     kwargs.setdefault("model", MISTRAL)
     kwargs.setdefault("finetune_name", "bot")
     return str(CreateFinetuneOperator(**kwargs).execute(context={}))
-
-
-def calls(emulator: Any, method: str, route: str) -> list[dict[str, Any]]:
-    return [r for r in emulator.state()["requests"] if r["method"] == method and r["route"] == route]
-
-
-def fill(emulator: Any, count: int) -> None:
-    """Give the account ``count`` finetunes, straight through the API."""
-    with requests.Session() as session:
-        session.trust_env = False
-        url = f"{emulator.base_url}/accounts/{emulator.account_id}/ai/finetunes"
-        for n in range(count):
-            response = session.post(
-                url, json={"name": f"old-{n}", "model": MISTRAL}, headers={"Authorization": f"Bearer {emulator.token}"}
-            )
-            assert response.status_code == 200, response.text
 
 
 def operator_creates(emulator: Any, before: int) -> int:
@@ -262,7 +246,9 @@ def test_a_prepared_adapter_of_another_family_is_still_caught(emulator: Any, tmp
 
 
 @pytest.mark.parametrize(
-    "value", [0, -1, "many", True, 2.5, "{{ params.limit }}"], ids=["zero", "negative", "word", "bool", "float", "template"]
+    "value",
+    [0, -1, "many", True, 2.5, "{{ params.limit }}"],
+    ids=["zero", "negative", "word", "bool", "float", "template"],
 )
 def test_a_bad_max_finetunes_is_rejected_at_dag_parse(value: object) -> None:
     with pytest.raises(CloudflareInputError, match="max_finetunes must be a whole number >= 1"):
