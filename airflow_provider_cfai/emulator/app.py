@@ -1,4 +1,4 @@
-"""Assembles the FastAPI application from settings: state, routes, middleware, error rendering."""
+"""Assembles the FastAPI application from settings: state, the Batch API queue, routes, middleware, error rendering."""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """Everything the emulator remembers, in one class behind one lock.
 
+Parts with a lock of their own (the Batch API queue) are attached by the app
+(:meth:`EmulatorState.attach`), so this module imports none of them; a reset clears them and
+``/state`` shows them all the same.
+
 Business rules that depend on stored data (limits, duplicate names, overwrites) live here so the
 routes stay thin; they raise :class:`ApiError`, which the app renders as a Cloudflare envelope.
 """
