@@ -115,38 +115,19 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
 
     def execute(self, context: Context) -> str:
         from airflow_provider_cfai import preflight
-        from airflow_provider_cfai.adapters import load_adapter, prepare_adapter
-        from airflow_provider_cfai.hooks._finetunes import oldest_named
 
         # First, so a task that fails below still shows the link (and Airflow logs no missing XCom).
         CloudflareWorkersAILink.persist(context, self.account_id or self.hook.settings.account_id)
         check_text("model", self.model)
         check_text("finetune_name", self.finetune_name)
         model, name = self.model.strip(), self.finetune_name.strip()
-        adapter = None
-        if self.adapter is not None:
-            check_text("model_type", self.model_type, optional=True)
-            model_type = self.model_type.strip() if self.model_type else None
-            if model_type or self.prepare_adapter:
-                adapter = prepare_adapter(self.adapter, model_type=model_type)
-            else:
-                adapter = load_adapter(self.adapter)
+        adapter = self._read_adapter()
         if self.preflight:
             preflight.check_model(self.hook, model, adapter=adapter, account_id=self.account_id, log=self.log)
 
         finetunes = self.hook.list_finetunes(account_id=self.account_id)
-        existing = oldest_named(finetunes, name)
+        existing = _reusable(finetunes, name, model, if_exists=self.if_exists)
         if existing is not None:
-            if existing.get("model") != model:
-                raise FinetuneConflictError(
-                    f"Finetune {name!r} already exists with model {existing.get('model')!r}, not {model!r}; "
-                    "finetunes cannot be deleted, so choose another finetune_name."
-                )
-            if self.if_exists == "fail":
-                raise FinetuneConflictError(
-                    f"Finetune {name!r} already exists ({existing['id']}) and if_exists='fail'; "
-                    "use if_exists='reuse' to adopt it."
-                )
             finetune, verb = existing, "Reusing"
         else:
             if self.preflight:  # reusing never takes a slot; only a new finetune needs room
@@ -175,6 +156,18 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
             self.log.info("Uploaded adapter %s to finetune %s", adapter.location, finetune_id)
         self._add_finetune_event(context, finetune, created=verb == "Created", adapter=adapter)
         return finetune_id
+
+    def _read_adapter(self) -> LoraAdapter | None:
+        """The adapter folder, validated (and given its ``model_type`` if asked) before any API call."""
+        from airflow_provider_cfai.adapters import load_adapter, prepare_adapter
+
+        if self.adapter is None:
+            return None
+        check_text("model_type", self.model_type, optional=True)
+        model_type = self.model_type.strip() if self.model_type else None
+        if model_type or self.prepare_adapter:
+            return prepare_adapter(self.adapter, model_type=model_type)
+        return load_adapter(self.adapter)
 
     def _alias_outlets(self) -> list[AssetAlias]:
         """The asset alias to add to ``outlets``: none when disabled or already there."""
@@ -215,6 +208,30 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
         from airflow_provider_cfai.lineage import create_lineage
 
         return create_lineage(getattr(self, "_finetune_record", None))
+
+
+def _reusable(finetunes: list[dict[str, Any]], name: str, model: str, *, if_exists: str) -> dict[str, Any] | None:
+    """The finetune a create of ``name`` on ``model`` reuses, or ``None`` to create one.
+
+    Raises :class:`FinetuneConflictError` for a finetune of this name on another model, or for any
+    with ``if_exists="fail"``.
+    """
+    from airflow_provider_cfai.hooks._finetunes import oldest_named
+
+    existing = oldest_named(finetunes, name)
+    if existing is None:
+        return None
+    if existing.get("model") != model:
+        raise FinetuneConflictError(
+            f"Finetune {name!r} already exists with model {existing.get('model')!r}, not {model!r}; "
+            "finetunes cannot be deleted, so choose another finetune_name."
+        )
+    if if_exists == "fail":
+        raise FinetuneConflictError(
+            f"Finetune {name!r} already exists ({existing['id']}) and if_exists='fail'; "
+            "use if_exists='reuse' to adopt it."
+        )
+    return existing
 
 
 class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
