@@ -1,4 +1,4 @@
-"""Apache Airflow provider for Cloudflare Workers AI fine-tunes.
+"""Apache Airflow provider for Cloudflare Workers AI: LoRA finetunes, inference and batch evaluation.
 
 This module is read by Airflow's providers manager at start-up and by every DAG parse that imports
 the provider, so it holds plain data only and imports nothing heavy.

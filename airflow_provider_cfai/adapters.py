@@ -17,7 +17,8 @@ import os
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias, cast
-from urllib.parse import urlsplit, urlunsplit
+
+from airflow_provider_cfai._urls import redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -277,17 +278,11 @@ def _invalid(file_name: str, field: str, problem: str) -> AdapterValidationError
     return AdapterValidationError(file_name, field, problem)
 
 
-def _redact(url: str) -> str:
-    # Locations reach logs and XCom: drop user info and query strings (keys, signed-URL tokens).
-    parts = [urlsplit(part) for part in url.split("::")]
-    return "::".join(urlunsplit((p.scheme, p.netloc.rpartition("@")[2], p.path, "", "")) for p in parts)
-
-
 def _resolve(source: object) -> tuple[Any, str, str]:
     """Return the filesystem, the folder's path in it, and the folder's location for messages."""
     fs = getattr(source, "fs", None)
     if hasattr(source, "path") and callable(getattr(fs, "info", None)) and callable(getattr(fs, "open", None)):
-        return fs, str(source.path), _redact(str(source))  # type: ignore[attr-defined]
+        return fs, str(source.path), redact_url(str(source))  # type: ignore[attr-defined]
     folder = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
     if not isinstance(folder, str):
         raise _invalid(
@@ -305,8 +300,8 @@ def _resolve(source: object) -> tuple[Any, str, str]:
     try:
         fs, path = url_to_fs(folder)
     except (ImportError, ValueError) as exc:  # unknown protocol, or its package is not installed
-        raise _invalid(_redact(folder), "location", f"cannot open this URL: {exc}") from exc
-    return fs, str(path), _redact(folder)
+        raise _invalid(redact_url(folder), "location", f"cannot open this URL: {exc}") from exc
+    return fs, str(path), redact_url(folder)
 
 
 def _file(fs: Any, folder: str, location: str, name: str, info: dict[str, Any], limits: AdapterLimits) -> AdapterFile:

@@ -1,9 +1,9 @@
 """Finetunes as Airflow Assets: one stable URI per finetune, and the alias that carries their events.
 
-``CreateFinetuneOperator`` adds an asset event for the finetune it registered through the
-``AssetAlias`` named :data:`FINETUNES_ALIAS` (renamable per task), so a DAG scheduled on that alias
-starts when a new finetune is ready. The URI names the finetune, not its ID, so re-runs that reuse
-a finetune land on the same asset::
+``CreateFinetuneOperator`` adds an asset event for the finetune it registered (or reused and
+uploaded an adapter to) through the ``AssetAlias`` named :data:`FINETUNES_ALIAS` (renamable per
+task), so a DAG scheduled on that alias starts when a new finetune is ready. The URI names the
+finetune, not its ID, so re-runs that reuse a finetune land on the same asset::
 
     cloudflare-workers-ai://<account id>/finetunes/<URL-quoted name>
 

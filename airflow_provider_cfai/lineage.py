@@ -19,6 +19,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
 
+from airflow_provider_cfai._urls import redact_url
 from airflow_provider_cfai.assets import SCHEME, finetune_uri
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def location_dataset_name(source: Any) -> tuple[str, str] | None:
     (e.g. a list of records) gives ``None``. Computed from the location alone, with no storage
     access; user info, query strings and connection IDs are dropped.
     """
-    from airflow_provider_cfai.adapters import LoraAdapter, _redact
+    from airflow_provider_cfai.adapters import LoraAdapter
 
     if isinstance(source, LoraAdapter):
         location = source.location
@@ -83,10 +84,11 @@ def location_dataset_name(source: Any) -> tuple[str, str] | None:
     if "://" not in location:
         return "file", os.path.abspath(location)
     # The data of a chained URL ("simplecache::s3://bucket/key") lives in its last link.
-    parts = urlsplit(_redact(location).split("::")[-1])
+    parts = urlsplit(redact_url(location).split("::")[-1])
+    host = parts.netloc.rpartition("@")[2]  # a connection ID names no dataset
     if parts.scheme == "file":
-        return ("file://" + parts.netloc if parts.netloc else "file"), parts.path
-    return f"{parts.scheme}://{parts.netloc}", parts.path.strip("/")
+        return ("file://" + host if host else "file"), parts.path
+    return f"{parts.scheme}://{host}", parts.path.strip("/")
 
 
 def is_finetune_id(value: str) -> bool:

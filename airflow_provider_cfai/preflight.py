@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, PreflightCheckError
+from airflow_provider_cfai.exceptions import CloudflareAPIError, PreflightCheckError
 from airflow_provider_cfai.hooks import _catalog
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from airflow_provider_cfai.adapters import LoraAdapter
     from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
 
-__all__ = ["DEFAULT_MAX_FINETUNES", "check_model", "check_room", "checked_limit", "same_name"]
+__all__ = ["DEFAULT_MAX_FINETUNES", "check_model", "check_room"]
 
 #: Cloudflare's limit on finetunes per account (April 2026; it was 30 before).
 DEFAULT_MAX_FINETUNES = 100
@@ -82,24 +82,6 @@ def check_room(count: int, *, limit: int, name: str, log: TaskLog) -> None:
             name,
             limit - count - 1,
         )
-
-
-def checked_limit(value: object) -> int:
-    """``max_finetunes`` as rendered (an int, or the string a template gives), at least 1."""
-    try:
-        number = int(str(value).strip()) if not isinstance(value, bool) else 0
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise CloudflareInputError(f"max_finetunes must be a whole number >= 1, got {value!r}")
-    return number
-
-
-def same_name(finetunes: Iterable[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    """The finetune a create of ``name`` would reuse: the oldest one of that name."""
-    return min(
-        (f for f in finetunes if f.get("name") == name), key=lambda f: str(f.get("created_at", "")), default=None
-    )
 
 
 def _check_family(

@@ -19,7 +19,6 @@ it::
         my_dag.test()
         assert len(cloudflare_ai_emulator.finetunes()) == 1
 
-The older ``pytest_plugins = ("airflow_provider_cfai.testing",)`` still provides the same fixtures.
 Without pytest, use :func:`airflow_provider_cfai.testing.run_emulator`.
 """
 
@@ -29,10 +28,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from airflow_provider_cfai.testing import RunningEmulator, point_connection_at, run_emulator
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from airflow_provider_cfai.testing import RunningEmulator
 
 __all__ = ["cloudflare_ai_emulator", "cloudflare_ai_emulator_server"]
 
@@ -40,10 +39,6 @@ __all__ = ["cloudflare_ai_emulator", "cloudflare_ai_emulator_server"]
 @pytest.fixture(scope="session")
 def cloudflare_ai_emulator_server() -> Iterator[RunningEmulator]:
     """One emulator process for the whole test session (use ``cloudflare_ai_emulator`` in tests)."""
-    # Imported here, not at the top: airflow_provider_cfai.testing imports this module, and a
-    # top-level import back would be circular.
-    from airflow_provider_cfai.testing import run_emulator
-
     with run_emulator() as emulator:
         yield emulator
 
@@ -60,7 +55,6 @@ def cloudflare_ai_emulator(
     own), since the emulator's reset forgets the windows they describe.
     """
     from airflow_provider_cfai.hooks._shared_state import STATE_DIR_ENV
-    from airflow_provider_cfai.testing import point_connection_at
 
     cloudflare_ai_emulator_server.reset(settings=True)
     point_connection_at(cloudflare_ai_emulator_server, monkeypatch)

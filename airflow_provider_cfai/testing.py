@@ -14,8 +14,7 @@ and use its ``cloudflare_ai_emulator`` fixture (see :mod:`airflow_provider_cfai.
 
     pytest_plugins = ("airflow_provider_cfai.pytest_plugin",)
 
-The older ``pytest_plugins = ("airflow_provider_cfai.testing",)`` keeps working: when pytest is
-installed this module re-exports the plugin's fixtures.
+The plugin imports this module, never the other way round, so this one stays free of pytest.
 """
 
 from __future__ import annotations
@@ -395,14 +394,3 @@ def point_connection_at(emulator: RunningEmulator, env: SetsEnv, conn_id: str = 
     With pytest's ``monkeypatch`` as ``env`` the variable is removed again after the test.
     """
     env.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", emulator.connection_json())
-
-
-# Backward compatibility: ``pytest_plugins = ("airflow_provider_cfai.testing",)`` in a conftest
-# registered the fixtures from this module, so they stay importable from here when pytest is.
-try:
-    from airflow_provider_cfai.pytest_plugin import cloudflare_ai_emulator, cloudflare_ai_emulator_server
-except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a subprocess without pytest
-    if _missing.name != "pytest":
-        raise
-else:
-    __all__ += ["cloudflare_ai_emulator", "cloudflare_ai_emulator_server"]

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import CONN_ID, PYTHON, WORK, Result, child_env, run_json
+from common import CONN_ID, PYTHON, WORK, PeakRss, Result, child_env, run_json
 from table import MIB, Figure, Row
 
 MODEL = "@cf/meta/llama-3.1-8b-instruct"
@@ -133,39 +133,21 @@ def child_direct(n: int) -> None:
 
 def child_memory(n: int) -> None:
     import gc
-    import threading
-
-    import psutil
 
     from airflow_provider_cfai.triggers.batch import WorkersAIBatchTrigger
 
-    process = psutil.Process()
     with tempfile.TemporaryDirectory(dir=WORK) as folder:
         # A warm-up run loads every module and fills every pool before the baseline is taken.
         warm = WorkersAIBatchTrigger(CONN_ID, "direct", MODEL, _inputs(Path(folder), 100), f"{folder}/warm.jsonl")
         _trigger_run(warm)
         inputs = _inputs(Path(folder), n)
         gc.collect()
-        baseline = peak = process.memory_info().rss
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not done.wait(0.01):
-                peak = max(peak, process.memory_info().rss)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        trigger = WorkersAIBatchTrigger(
-            CONN_ID, "direct", MODEL, inputs, f"{folder}/out.jsonl", concurrency=CONCURRENCY
-        )
-        try:
+        with PeakRss(interval=0.01) as rss:
+            trigger = WorkersAIBatchTrigger(
+                CONN_ID, "direct", MODEL, inputs, f"{folder}/out.jsonl", concurrency=CONCURRENCY
+            )
             payload = _trigger_run(trigger)
-        finally:
-            done.set()
-            sampler.join()
-        peak = max(peak, process.memory_info().rss)
-        print(json.dumps({"growth": peak - baseline, **payload}))
+        print(json.dumps({"growth": rss.growth, **payload}))
 
 
 def child_queue(n: int, poll: float) -> None:

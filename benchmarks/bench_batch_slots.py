@@ -20,13 +20,12 @@ import contextlib
 import json
 import shutil
 import sqlite3
-import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common import CONN_ID, PYTHON, ROOT, WORK, Result, child_env
+from common import CONN_ID, WORK, Result, airflow_env, run_airflow
 from table import Figure, Row
 
 NUMBER = "8"
@@ -70,18 +69,11 @@ def run(emulator: Any, *, smoke: bool) -> Result:
             prompts.write(json.dumps({"prompt": f"Evaluation prompt number {i}", "external_reference": f"p{i}"}) + "\n")
     shutil.rmtree(HOME, ignore_errors=True)
     HOME.mkdir(parents=True)
-    env = child_env(
-        AIRFLOW_HOME=str(HOME),
-        AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{HOME / 'airflow.db'}",
-        AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
-        **{f"AIRFLOW_CONN_{CONN_ID.upper()}": emulator.connection_json()},
-    )
-    _airflow(["db", "migrate"], env)
+    env = airflow_env(HOME, DAGS, **{f"AIRFLOW_CONN_{CONN_ID.upper()}": emulator.connection_json()})
+    run_airflow(["db", "migrate"], env)
     emulator.reset(settings=True)
     emulator.configure(rate_limit=LIMIT, rate_window=WINDOW, rate_lockout=60.0)
-    _airflow(["dags", "test", DAG_ID, "2026-01-05"], env)
+    run_airflow(["dags", "test", DAG_ID, "2026-01-05"], env)
 
     spans = _spans(HOME / "airflow.db", n)
     wall, deferred = spans["wall"], spans["deferred"]
@@ -96,13 +88,6 @@ def run(emulator: Any, *, smoke: bool) -> Result:
     )
     samples = [f"{NUMBER}. wall {wall:.3f} s, deferred {deferred:.3f} s ({deferred / wall:.1%}), from the metadata DB"]
     return Result([row], samples=samples)
-
-
-def _airflow(args: list[str], env: dict[str, str]) -> None:
-    airflow = str(Path(PYTHON).with_name("airflow"))
-    proc = subprocess.run([airflow, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"airflow {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
 
 
 def _spans(db_path: Path, n: int) -> dict[str, float]:

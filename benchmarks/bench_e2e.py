@@ -12,12 +12,9 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sqlite3
-import subprocess
-import time
-from pathlib import Path
 from typing import Any
 
-from common import PYTHON, ROOT, WORK, Result, child_env, median
+from common import ROOT, WORK, Result, airflow_env, median, run_airflow
 from table import Figure, Row
 
 EXAMPLE = "example_cloudflare_finetune"
@@ -60,16 +57,6 @@ def {BASELINE}() -> None:
 '''
 
 
-def _airflow(args: list[str], env: dict[str, str]) -> float:
-    airflow = str(Path(PYTHON).with_name("airflow"))
-    start = time.perf_counter()
-    proc = subprocess.run([airflow, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"airflow {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return seconds
-
-
 def _check_succeeded(dag_id: str) -> None:
     # `airflow dags test` can exit 0 with a failed task; the run's state in the DB is the truth.
     with contextlib.closing(sqlite3.connect(HOME / "airflow.db")) as db:
@@ -84,25 +71,18 @@ def run(emulator: Any, *, smoke: bool) -> Result:
     shutil.copy(ROOT / "dags_examples" / f"{EXAMPLE}.py", DAGS)
     (DAGS / f"{BASELINE}.py").write_text(BASELINE_DAG, encoding="utf-8")
     HOME.mkdir(parents=True, exist_ok=True)
-    env = child_env(
-        AIRFLOW_HOME=str(HOME),
-        AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{HOME / 'airflow.db'}",
-        AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
-        AIRFLOW_CONN_CLOUDFLARE_AI_DEFAULT=emulator.connection_json(),
-    )
-    _airflow(["db", "migrate"], env)
+    env = airflow_env(HOME, DAGS, AIRFLOW_CONN_CLOUDFLARE_AI_DEFAULT=emulator.connection_json())
+    run_airflow(["db", "migrate"], env)
 
     runs = 1 if smoke else 3
     if not smoke:  # untimed: the first runs compile what `db migrate` never imported and store both DAGs
         for dag_id in (EXAMPLE, BASELINE):
-            _airflow(["dags", "test", dag_id, LOGICAL_DATE], env)
+            run_airflow(["dags", "test", dag_id, LOGICAL_DATE], env)
     times: dict[str, list[float]] = {EXAMPLE: [], BASELINE: []}
     for i in range(runs):
         for dag_id in (EXAMPLE, BASELINE) if i % 2 == 0 else (BASELINE, EXAMPLE):
             emulator.reset()
-            times[dag_id].append(_airflow(["dags", "test", dag_id, LOGICAL_DATE], env))
+            times[dag_id].append(run_airflow(["dags", "test", dag_id, LOGICAL_DATE], env))
             _check_succeeded(dag_id)
             if dag_id == EXAMPLE and len(emulator.finetunes()) != 4:
                 raise RuntimeError(f"{EXAMPLE} left {len(emulator.finetunes())} finetunes, expected 4")

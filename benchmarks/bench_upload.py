@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ from common import (
     CONN_ID,
     LORA_MODEL,
     PYTHON,
+    PeakRss,
     Result,
     adapter_file,
     check_asset,
@@ -93,7 +93,6 @@ def child(finetune_id: str, path: str) -> None:
     """Upload once through the hook and print its time and peak RSS growth as JSON."""
     import resource
 
-    import psutil
     import requests  # noqa: F401 - imported before the baseline, like everything the upload uses
     import requests_toolbelt  # noqa: F401
     import tenacity  # noqa: F401
@@ -102,29 +101,17 @@ def child(finetune_id: str, path: str) -> None:
 
     hook = CloudflareAIHook(CONN_ID)
     hook.session  # noqa: B018 - resolves the connection and builds the session, no request yet
-    process = psutil.Process()
-    baseline = process.memory_info().rss
     max_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    peak = baseline
-    done = threading.Event()
-
-    def sample() -> None:
-        # ru_maxrss cannot see a peak below an earlier one (e.g. during imports); sampling can.
-        nonlocal peak
-        while not done.wait(0.005):
-            peak = max(peak, process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    hook.upload_finetune_asset(finetune_id, FILE_NAME, path)
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
+    # ru_maxrss cannot see a peak below an earlier one (e.g. during imports); sampling can.
+    with PeakRss(interval=0.005) as rss:
+        start = time.perf_counter()
+        hook.upload_finetune_asset(finetune_id, FILE_NAME, path)
+        seconds = time.perf_counter() - start
+    peak = rss.peak
     max_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if max_after > max_before:  # the lifetime peak rose, so it happened during the upload
         peak = max(peak, max_after)
-    print(json.dumps({"seconds": seconds, "rss_growth": peak - baseline, "baseline": baseline}))
+    print(json.dumps({"seconds": seconds, "rss_growth": peak - rss.baseline, "baseline": rss.baseline}))
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:

@@ -13,6 +13,8 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +56,67 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPYCACHEPREFIX"] = str(WORK / "pycache")
     env.update(extra)
     return env
+
+
+def airflow_env(home: Path, dags: Path, **extra: str) -> dict[str, str]:
+    """:func:`child_env` for an ``airflow`` command line with its own home, DAG folder and SQLite DB."""
+    return child_env(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+        AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
+        **extra,
+    )
+
+
+def run_airflow(args: list[str], env: dict[str, str], *, timeout: float = 900) -> float:
+    """Run ``airflow <args>`` from this venv; its wall time in seconds, or a RuntimeError with its stderr."""
+    airflow = str(Path(PYTHON).with_name("airflow"))
+    start = time.perf_counter()
+    proc = subprocess.run([airflow, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"airflow {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+class PeakRss:
+    """This process's highest RSS while the ``with`` block runs, sampled every ``interval`` seconds.
+
+    ``baseline`` is the RSS on entry; ``growth`` the peak above it. A last sample on exit catches a
+    peak that lasted until the end.
+    """
+
+    def __init__(self, interval: float) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self.baseline = self.peak = 0
+
+    def _rss(self) -> int:
+        return int(self._process.memory_info().rss)
+
+    def _sample(self) -> None:
+        while not self._done.wait(self._interval):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> PeakRss:
+        self.baseline = self.peak = self._rss()
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._sampler.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.baseline
 
 
 def run_json(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 600) -> Any:

@@ -27,3 +27,25 @@ def test_operator_and_hook_modules_import_no_heavy_library() -> None:
 
     assert "airflow_provider_cfai" in imported  # the probe really imported something
     assert imported.isdisjoint(HEAVY), sorted(imported & set(HEAVY))
+
+
+PARSE_PROBE = """
+import json, sys
+import airflow.sdk
+from airflow_provider_cfai.operators.finetune import CreateFinetuneOperator, UploadFinetuneAssetsOperator
+from airflow_provider_cfai.operators.inference import WorkersAIRunOperator
+CreateFinetuneOperator(task_id="c", model="m", finetune_name="n", adapter="/tmp/a", max_finetunes=5)
+UploadFinetuneAssetsOperator(task_id="u", finetune_id="f", adapter="/tmp/a")
+WorkersAIRunOperator(task_id="r", model="m", inputs={"prompt": "hi"}, lora="f")
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("airflow_provider_cfai"))))
+"""
+
+
+def test_building_the_operators_loads_none_of_the_run_time_modules() -> None:
+    """What a DAG parse pays for: no hook, adapter reader, pre-flight check or lineage module."""
+    out = subprocess.run([sys.executable, "-c", PARSE_PROBE], check=True, capture_output=True, text=True).stdout
+    loaded = set(json.loads(out.strip().splitlines()[-1]))
+
+    assert "airflow_provider_cfai.operators.finetune" in loaded  # the probe really built them
+    run_time = {"hooks", "adapters", "preflight", "lineage", "batch", "triggers"}
+    assert {m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in run_time} == set()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
+from emulator_requests import calls, fill
 from peft_output import write_peft_output
 
 from airflow_provider_cfai.adapter_factory import write_lora_adapter
@@ -26,22 +26,6 @@ def create(**kwargs: Any) -> str:
     kwargs.setdefault("model", MISTRAL)
     kwargs.setdefault("finetune_name", "bot")
     return str(CreateFinetuneOperator(**kwargs).execute(context={}))
-
-
-def calls(emulator: Any, method: str, route: str) -> list[dict[str, Any]]:
-    return [r for r in emulator.state()["requests"] if r["method"] == method and r["route"] == route]
-
-
-def fill(emulator: Any, count: int) -> None:
-    """Give the account ``count`` finetunes, straight through the API."""
-    with requests.Session() as session:
-        session.trust_env = False
-        url = f"{emulator.base_url}/accounts/{emulator.account_id}/ai/finetunes"
-        for n in range(count):
-            response = session.post(
-                url, json={"name": f"old-{n}", "model": MISTRAL}, headers={"Authorization": f"Bearer {emulator.token}"}
-            )
-            assert response.status_code == 200, response.text
 
 
 def operator_creates(emulator: Any, before: int) -> int:
@@ -261,22 +245,33 @@ def test_a_prepared_adapter_of_another_family_is_still_caught(emulator: Any, tmp
 # -- arguments -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [0, -1, "many", True, 2.5], ids=["zero", "negative", "word", "bool", "float"])
+@pytest.mark.parametrize(
+    "value",
+    [0, -1, "many", True, 2.5, "{{ params.limit }}"],
+    ids=["zero", "negative", "word", "bool", "float", "template"],
+)
 def test_a_bad_max_finetunes_is_rejected_at_dag_parse(value: object) -> None:
     with pytest.raises(CloudflareInputError, match="max_finetunes must be a whole number >= 1"):
         CreateFinetuneOperator(task_id="c", model=MISTRAL, finetune_name="n", max_finetunes=value)  # type: ignore[arg-type]
 
 
-def test_templated_arguments_are_accepted_at_parse_and_checked_after_rendering(emulator: Any) -> None:
-    templated: dict[str, Any] = {"max_finetunes": "{{ params.limit }}", "preflight": "{{ params.p }}"}
-    operator = CreateFinetuneOperator(task_id="c", model=MISTRAL, finetune_name="n", **templated)
-    # What rendering left behind.
-    operator.max_finetunes, operator.preflight = "0", "true"  # type: ignore[assignment]
+@pytest.mark.parametrize(
+    "knob",
+    [
+        pytest.param({"max_finetunes": "{{ params.limit }}"}, id="max_finetunes"),
+        pytest.param({"preflight": "{{ params.p }}"}, id="preflight"),
+        pytest.param({"preflight": "false"}, id="preflight-string"),
+        pytest.param({"public": "{{ params.public }}"}, id="public"),
+        pytest.param({"prepare_adapter": 1}, id="prepare_adapter-int"),
+        pytest.param({"if_exists": "{{ params.if_exists }}"}, id="if_exists"),
+    ],
+)
+def test_knobs_are_not_templated_and_a_template_in_one_is_rejected_at_dag_parse(knob: dict[str, Any]) -> None:
+    (field,) = knob
+    assert field not in CreateFinetuneOperator.template_fields
 
-    with pytest.raises(CloudflareInputError, match="max_finetunes"):
-        operator.execute(context={})
-
-    assert calls(emulator, "POST", FINETUNES_ROUTE) == []
+    with pytest.raises(CloudflareInputError, match=field):
+        CreateFinetuneOperator(task_id="c", model=MISTRAL, finetune_name="n", **knob)
 
 
 def test_an_unknown_model_type_is_rejected_at_dag_parse() -> None:

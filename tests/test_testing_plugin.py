@@ -1,4 +1,4 @@
-"""``airflow_provider_cfai.testing`` works without pytest; the pytest plugin works under both names."""
+"""``airflow_provider_cfai.testing`` works without pytest; the pytest plugin provides the fixtures."""
 
 from __future__ import annotations
 
@@ -87,14 +87,9 @@ def test_fixture_points_the_default_connection_at_a_fresh_emulator(cloudflare_ai
 """
 
 
-@pytest.mark.parametrize(
-    "plugin",
-    ["airflow_provider_cfai.pytest_plugin", "airflow_provider_cfai.testing"],
-    ids=["new-plugin-name", "old-plugin-name-still-works"],
-)
-def test_conftest_plugin_provides_the_emulator_fixture(plugin: str, tmp_path: Path) -> None:
+def test_conftest_plugin_provides_the_emulator_fixture(tmp_path: Path) -> None:
     (tmp_path / "pytest.ini").write_text("[pytest]\n")  # keeps this project's pytest config out
-    (tmp_path / "conftest.py").write_text(f"pytest_plugins = ({plugin!r},)\n")
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ("airflow_provider_cfai.pytest_plugin",)\n')
     (tmp_path / "test_user.py").write_text(INNER_TEST)
 
     done = subprocess.run(

@@ -12,7 +12,8 @@ import contextlib
 import os
 import tempfile
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+
+from airflow_provider_cfai._urls import redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -48,15 +49,7 @@ def public_location(location: str) -> str:
 
     A connection id before ``@`` stays: it is not a secret and the location must still open.
     """
-    if "://" not in location:
-        return location
-    parts = []
-    for part in location.split("::"):
-        split = urlsplit(part)
-        userinfo, at, host = split.netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}{at}{host}"
-        parts.append(urlunsplit((split.scheme, netloc, split.path, "", "")))
-    return "::".join(parts)
+    return redact_url(location)
 
 
 def describe(location: str) -> str:

@@ -1,8 +1,10 @@
 """A local Cloudflare Workers AI API for demos and tests: ``python -m airflow_provider_cfai.emulator``.
 
-It serves the finetune endpoints, both token-verify endpoints and ``/ai/run/{model}`` under
-``/client/v4`` with Cloudflare's envelopes, auth errors, limits and rate limiting, plus a control API
-under ``/__emulator/`` for tests (state, reset, settings, fault injection). It shares no code with the
+It serves the finetune endpoints (the account's and Cloudflare's public ones), both token-verify
+endpoints, the model catalog (``/ai/models/search``) and ``/ai/run/{model}`` with its Batch API
+(``?queueRequest=true``) under ``/client/v4``, with Cloudflare's envelopes, auth errors, limits and
+rate limiting, plus a control API under ``/__emulator/`` for tests (state, reset, settings, fault
+injection). It shares no code with the
 hook on purpose: a bug in a shared envelope parser would hide on both sides.
 """
 

@@ -1,4 +1,4 @@
-"""Assembles the FastAPI application from settings: state, routes, middleware, error rendering."""
+"""Assembles the FastAPI application from settings: state, the Batch API queue, routes, middleware, error rendering."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from airflow_provider_cfai.emulator.batch_queue import BatchQueue
 from airflow_provider_cfai.emulator.control import ControlError, build_control_router
 from airflow_provider_cfai.emulator.envelope import ApiError, error_body, json_response
 from airflow_provider_cfai.emulator.middleware import API_PREFIX, EmulatorMiddleware
@@ -41,12 +42,14 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
         scratch = tempfile.TemporaryDirectory(prefix="cfai-emulator-")
         store = Store(Path(scratch.name), persistent=False)
     state = EmulatorState(settings, store)
+    batches = BatchQueue(state.clock)
+    state.attach("batches", batches)
 
     app = FastAPI(title="cfai-emulator", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.emulator = state
     # Kept on the app so the directory lives as long as the app does; the CLI cleans it up at exit.
     app.state.scratch_dir = scratch
-    app.include_router(build_api_router(state))
+    app.include_router(build_api_router(state, batches))
     app.include_router(build_control_router(state))
 
     def resolve_route(scope: Scope) -> str | None:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_cfai.emulator.state import EmulatorState
 
-__all__ = ["BatchQueue", "answer"]
+__all__ = ["BatchQueue"]
 
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -116,46 +116,45 @@ class BatchQueue:
         with self._lock:
             self._batches.clear()
 
-
-def answer(state: EmulatorState, model: str, query: Mapping[str, str], raw: bytes) -> dict[str, Any] | None:
-    """The ``result`` of a queue submit or poll, or ``None`` when the call is an ordinary run."""
-    queue_request = query.get("queueRequest", "").lower() == "true"
-    if not queue_request and b'"request_id"' not in raw:
-        return None
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, 1001, "Request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, 1001, "Request body must be a JSON object")
-    if "request_id" in body and "requests" not in body:
-        request_id = body["request_id"]
-        if not isinstance(request_id, str) or not request_id:
-            raise ApiError(400, 1012, "'request_id' must be the string a queued request returned")
-        return state.batches.poll(model, request_id)
-    if not queue_request:
-        return None
-    settings = state.settings
-    if model not in settings.async_queue_models:
-        raise ApiError(400, 1011, f"Model {model} does not support queueRequest (the Batch API)")
-    if len(raw) > settings.queue_max_bytes:
-        raise ApiError(
-            413,
-            1013,
-            f"Batch payload is {len(raw)} bytes; the limit is {settings.queue_max_bytes} bytes. "
-            "Split the requests into smaller batches.",
+    def answer(self, state: EmulatorState, model: str, query: Mapping[str, str], raw: bytes) -> dict[str, Any] | None:
+        """The ``result`` of a queue submit or poll, or ``None`` when the call is an ordinary run."""
+        queue_request = query.get("queueRequest", "").lower() == "true"
+        if not queue_request and b'"request_id"' not in raw:
+            return None
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, 1001, "Request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, 1001, "Request body must be a JSON object")
+        if "request_id" in body and "requests" not in body:
+            request_id = body["request_id"]
+            if not isinstance(request_id, str) or not request_id:
+                raise ApiError(400, 1012, "'request_id' must be the string a queued request returned")
+            return self.poll(model, request_id)
+        if not queue_request:
+            return None
+        settings = state.settings
+        if model not in settings.async_queue_models:
+            raise ApiError(400, 1011, f"Model {model} does not support queueRequest (the Batch API)")
+        if len(raw) > settings.queue_max_bytes:
+            raise ApiError(
+                413,
+                1013,
+                f"Batch payload is {len(raw)} bytes; the limit is {settings.queue_max_bytes} bytes. "
+                "Split the requests into smaller batches.",
+            )
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            raise ApiError(400, 1012, "A queued request needs 'requests': a non-empty list of model inputs")
+        responses = [_run_item(state, model, index, item) for index, item in enumerate(requests)]
+        return self.submit(
+            model,
+            responses,
+            size=len(raw),
+            running_after=settings.queue_running_after,
+            delay=settings.queue_delay,
         )
-    requests = body.get("requests")
-    if not isinstance(requests, list) or not requests:
-        raise ApiError(400, 1012, "A queued request needs 'requests': a non-empty list of model inputs")
-    responses = [_run_item(state, model, index, item) for index, item in enumerate(requests)]
-    return state.batches.submit(
-        model,
-        responses,
-        size=len(raw),
-        running_after=settings.queue_running_after,
-        delay=settings.queue_delay,
-    )
 
 
 def _run_item(state: EmulatorState, model: str, index: int, item: object) -> dict[str, Any]:

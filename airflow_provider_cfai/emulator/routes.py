@@ -40,13 +40,14 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from airflow_provider_cfai.emulator import batch_queue, catalog, models
+from airflow_provider_cfai.emulator import catalog, models
 from airflow_provider_cfai.emulator.envelope import ApiError, json_response, query_int, success_body
 from airflow_provider_cfai.emulator.inference import run_model
 from airflow_provider_cfai.emulator.middleware import API_PREFIX
 from airflow_provider_cfai.emulator.uploads import ClientGone, receive_asset
 
 if TYPE_CHECKING:
+    from airflow_provider_cfai.emulator.batch_queue import BatchQueue
     from airflow_provider_cfai.emulator.state import EmulatorState
 
 __all__ = ["build_api_router"]
@@ -71,7 +72,7 @@ def _required_text(body: dict[str, Any], field: str) -> str:
     return value
 
 
-def build_api_router(state: EmulatorState) -> APIRouter:
+def build_api_router(state: EmulatorState, batches: BatchQueue) -> APIRouter:
     router = APIRouter(prefix=API_PREFIX)
 
     @router.post("/accounts/{account_id}/ai/finetunes")
@@ -142,7 +143,7 @@ def build_api_router(state: EmulatorState) -> APIRouter:
 
     @router.post("/accounts/{account_id}/ai/run/{model:path}")
     async def run(request: Request, account_id: str, model: str) -> Response:
-        queued = batch_queue.answer(state, model, request.query_params, await request.body())
+        queued = batches.answer(state, model, request.query_params, await request.body())
         if queued is not None:
             return json_response(success_body(queued))
         return json_response(success_body(run_model(state, model, await _json_object(request))))

@@ -1,5 +1,9 @@
 """Everything the emulator remembers, in one class behind one lock.
 
+Parts with a lock of their own (the Batch API queue) are attached by the app
+(:meth:`EmulatorState.attach`), so this module imports none of them; a reset clears them and
+``/state`` shows them all the same.
+
 Business rules that depend on stored data (limits, duplicate names, overwrites) live here so the
 routes stay thin; they raise :class:`ApiError`, which the app renders as a Cloudflare envelope.
 """
@@ -12,10 +16,9 @@ import json
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_cfai.emulator import catalog
-from airflow_provider_cfai.emulator.batch_queue import BatchQueue
 from airflow_provider_cfai.emulator.envelope import ApiError, success_body_raw
 from airflow_provider_cfai.emulator.faults import FaultRule, parse_fault
 from airflow_provider_cfai.emulator.ratelimit import Decision, RateLimiter
@@ -69,6 +72,14 @@ class LoraTarget:
     complete: bool
 
 
+class StatePart(Protocol):
+    """A part kept beside the state with its own lock (the Batch API queue): reset empties it, ``/state`` shows it."""
+
+    def clear(self) -> None: ...
+
+    def describe(self) -> Any: ...
+
+
 class EmulatorState:
     def __init__(
         self, settings: EmulatorSettings, store: Store, *, clock: Callable[[], float] = time.monotonic
@@ -90,10 +101,20 @@ class EmulatorState:
         self._rate_limited = 0
         self._lockouts = 0
         self._refused_uploads: list[dict[str, Any]] = []
-        # Queued Batch API requests, behind their own lock (see emulator/batch_queue.py).
-        self.batches = BatchQueue(clock)
+        # Parts the app attaches (the Batch API queue, emulator/batch_queue.py), by their /state key.
+        self._parts: dict[str, StatePart] = {}
         for entry in store.load():
             self._restore(entry)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The monotonic clock the state's windows and its parts' timers run on."""
+        return self._clock
+
+    def attach(self, name: str, part: StatePart) -> None:
+        """Keep ``part`` with the state: :meth:`reset` clears it, :meth:`snapshot` shows it under ``name``."""
+        with self._lock:
+            self._parts[name] = part
 
     @property
     def settings(self) -> EmulatorSettings:
@@ -297,7 +318,8 @@ class EmulatorState:
             self._rate_limited = 0
             self._lockouts = 0
             self._refused_uploads = []
-            self.batches.clear()
+            for part in self._parts.values():
+                part.clear()
             self._store.wipe()
             if settings:
                 self._apply_settings(self._startup_settings)
@@ -321,7 +343,7 @@ class EmulatorState:
                     {"id": r.id, "path": r.path, "method": r.method, "action": r.action, "fired": r.fired}
                     for r in self._fault_history
                 ],
-                "batches": self.batches.describe(),
+                **{name: part.describe() for name, part in self._parts.items()},
                 "settings": self._settings.public_view(),
             }
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from airflow_provider_cfai._numbers import whole_number
 from airflow_provider_cfai.exceptions import CloudflareConfigError
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def read_settings(conn: Connection, conn_id: str, conn_type: str, overrides: Map
         account_id=checked_account_id(account_id),
         base_url=_base_url(name, conn.host, conn.port, conn.schema),
         timeout=_number(name, overrides, extras, "timeout", DEFAULT_TIMEOUT),
-        max_retries=int(_number(name, overrides, extras, "max_retries", DEFAULT_MAX_RETRIES)),
+        max_retries=_max_retries(name, overrides, extras),
         retry_budget=_number(name, overrides, extras, "retry_budget", DEFAULT_RETRY_BUDGET),
         verify=verify if isinstance(verify, (bool, str)) else bool(verify),
         proxies={str(k): str(v) for k, v in proxies.items()},
@@ -108,11 +109,8 @@ def _pacing_extras(conn_id: str, extras: Mapping[str, Any]) -> dict[str, Any]:
     from airflow.sdk.log import mask_secret
 
     value = extras.get("rate_limit_sharers", 1)
-    try:
-        sharers = float(value)
-    except (TypeError, ValueError, OverflowError):
-        sharers = math.nan
-    if isinstance(value, bool) or not math.isfinite(sharers) or sharers < 1 or not sharers.is_integer():
+    sharers = whole_number(value, minimum=1)
+    if sharers is None:
         raise CloudflareConfigError(
             f"Connection {conn_id!r}: extra 'rate_limit_sharers' must be a whole number of at least 1 (the hosts "
             f"that may use this token at the same time), got {value!r}."
@@ -132,7 +130,7 @@ def _pacing_extras(conn_id: str, extras: Mapping[str, Any]) -> dict[str, Any]:
                 f"Connection {conn_id!r}: extra 'redis_url' must look like redis://host:6379/0 "
                 f"(or rediss://, unix://), got a {parts.scheme or 'schemeless'} URL."
             )
-    return {"rate_limit_sharers": int(sharers), "redis_url": redis_url, "redis_conn_id": redis_conn_id}
+    return {"rate_limit_sharers": sharers, "redis_url": redis_url, "redis_conn_id": redis_conn_id}
 
 
 def _number(conn_id: str, overrides: Mapping[str, Any], extras: Mapping[str, Any], key: str, default: float) -> float:
@@ -141,17 +139,25 @@ def _number(conn_id: str, overrides: Mapping[str, Any], extras: Mapping[str, Any
         value = extras.get(key, default)
     zero_allowed = key != "timeout"
     kind = "a non-negative" if zero_allowed else "a positive"
-    if key == "max_retries":
-        kind += " whole"
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number) or number < 0 or (number == 0 and not zero_allowed):
         raise CloudflareConfigError(f"Connection {conn_id!r}: extra {key!r} must be {kind} number, got {value!r}.")
-    if key == "max_retries" and not number.is_integer():
-        raise CloudflareConfigError(f"Connection {conn_id!r}: extra {key!r} must be {kind} number, got {value!r}.")
     return number
+
+
+def _max_retries(conn_id: str, overrides: Mapping[str, Any], extras: Mapping[str, Any]) -> int:
+    value = overrides.get("max_retries")
+    if value is None:
+        value = extras.get("max_retries", DEFAULT_MAX_RETRIES)
+    retries = whole_number(value)
+    if retries is None:
+        raise CloudflareConfigError(
+            f"Connection {conn_id!r}: extra 'max_retries' must be a non-negative whole number, got {value!r}."
+        )
+    return retries
 
 
 @functools.cache

@@ -19,8 +19,9 @@ import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
+from airflow_provider_cfai._urls import redact_url
 from airflow_provider_cfai.hooks._pacing import RateLimitGate, StoreUnavailable
 from airflow_provider_cfai.hooks._shared_state import holder_alive
 from airflow_provider_cfai.policy import STALE_AFTER, WindowState
@@ -42,25 +43,13 @@ _TIMEOUT = 2.0
 _MAX_CONFLICTS = 100
 
 
-def redacted(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    netloc = f"{parts.username or ''}:***@{netloc}"
-    return parts._replace(netloc=netloc).geturl()
-
-
 class RedisStore:
     """One token's state under one Redis key."""
 
     def __init__(self, url: str, key: str, *, timeout: float = _TIMEOUT) -> None:
         self.url = url
         self.key = _KEY_PREFIX + key
-        self.description = f"Redis at {redacted(url)}"
+        self.description = f"Redis at {redact_url(url)}"
         self._timeout = timeout
         self._client: Any = None
         self._lock = threading.Lock()

@@ -26,6 +26,7 @@ from airflow_provider_cfai.hooks._connection import (
     missing_connection_error,
     read_settings,
 )
+from airflow_provider_cfai.hooks._finetunes import oldest_named
 from airflow_provider_cfai.hooks._pacing import Gate, gate_for_settings
 from airflow_provider_cfai.hooks._responses import unwrap
 from airflow_provider_cfai.policy import (
@@ -321,12 +322,12 @@ class CloudflareAIHook(BaseHook):
         for finetune in finetunes:
             if finetune.get("id") == name_or_id:
                 return finetune
-        return _oldest(f for f in finetunes if f.get("name") == name_or_id)
+        return oldest_named(finetunes, name_or_id)
 
     def _find_exact(self, name: str, model: str, *, account_id: str | None) -> dict[str, Any] | None:
         # One attempt: this runs inside a create's retry loop, whose budget it must not exceed.
         finetunes = _flatten(self._send("GET", f"{self._account(account_id)}/ai/finetunes"))
-        return _oldest(f for f in finetunes if f.get("name") == name and f.get("model") == model)
+        return oldest_named(finetunes, name, model=model)
 
     def list_public_finetunes(
         self, *, limit: int = 20, offset: int = 0, order_by: str | None = None
@@ -583,11 +584,6 @@ def _required(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise CloudflareInputError(f"{name} must be a non-empty string, got {value!r}")
     return value.strip()
-
-
-def _oldest(finetunes: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The earliest-created finetune, for accounts where a name was registered more than once."""
-    return min(finetunes, key=lambda f: str(f.get("created_at", "")), default=None)
 
 
 def _as_object(result: Any, method: str, path: str) -> dict[str, Any]:

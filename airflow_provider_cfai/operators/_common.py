@@ -64,8 +64,16 @@ def check_text(field: str, value: Any, *, optional: bool = False) -> None:
         raise CloudflareInputError(f"{field} must be a non-empty string, got {value!r}")
 
 
-def check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
-    if is_template(value):
+def check_flag(field: str, value: Any) -> bool:
+    """A flag that is not a template field: a real bool, so a string such as ``"false"`` never means true."""
+    if not isinstance(value, bool):
+        raise CloudflareInputError(f"{field} must be True or False (it is not templated), got {value!r}")
+    return value
+
+
+def check_choice(field: str, value: Any, choices: tuple[str, ...], *, templated: bool = True) -> None:
+    """Reject a value outside ``choices``; a template passes only in a template field (``templated``)."""
+    if templated and is_template(value):
         return
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cfai._numbers import whole_number
 from airflow_provider_cfai.exceptions import (
     AirflowFailException,
     CloudflareAIError,
@@ -297,11 +298,8 @@ def _number(field: str, value: Any, *, high: float | None, open_low: bool = Fals
 
 def _whole(field: str, value: Any) -> int:
     """A whole number of at least 1, from a value or a rendered string."""
-    try:
-        number = int(str(value).strip()) if not isinstance(value, (bool, float)) else 0
-    except ValueError:
-        number = 0
-    if number < 1:
+    number = whole_number(value, minimum=1)
+    if number is None:
         raise CloudflareInputError(f"{field} must be a whole number of at least 1, got {value!r}")
     return number
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cfai._numbers import whole_number
 from airflow_provider_cfai.assets import FINETUNES_ALIAS
 from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, FinetuneConflictError
 from airflow_provider_cfai.links import CloudflareWorkersAILink
 from airflow_provider_cfai.operators._common import (
     CloudflareAIBaseOperator,
-    as_bool,
     check_choice,
+    check_flag,
     check_text,
-    is_template,
 )
 
 if TYPE_CHECKING:
@@ -30,50 +30,44 @@ MODEL_TYPES = ("mistral", "gemma", "llama")
 class CreateFinetuneOperator(CloudflareAIBaseOperator):
     """Register a finetune on Cloudflare Workers AI and, optionally, upload its LoRA adapter.
 
-    Returns the finetune ID, so it lands in XCom as ``return_value``. With ``if_exists="reuse"``
-    (the default) a finetune that already has this name and model is reused instead of created,
-    so task retries and DAG re-runs converge on one finetune; ``"fail"`` refuses an existing name.
-    A finetune with this name but another base model is an error either way. With ``adapter``,
-    the folder is validated before any API call and both files are uploaded after the create;
-    re-running the task re-uploads them, so a half-finished upload is completed, not orphaned.
-
-    A finetune can never be deleted, so before creating one the task checks (``preflight``) that the
-    model is in the account's catalog and accepts LoRAs, that the adapter's ``model_type`` is the
-    model's family, and that the account is below ``max_finetunes`` (a warning from 90 %); a failed
-    check fails the task without retries. A catalog that cannot be read is a warning, not a failure.
+    Returns the finetune ID (XCom ``return_value``). Idempotent: with ``if_exists="reuse"`` a
+    finetune that already has this name and model is reused, so retries and re-runs converge on one
+    finetune, and its adapter is uploaded again, so a half-finished upload is completed. A finetune
+    can never be deleted, so the adapter folder is validated before any API call and, unless
+    ``preflight=False``, a create is refused (without retries) when the model is not a LoRA-capable
+    model of the account's catalog, the adapter is of another family, or the account is full; a
+    catalog that cannot be read is only a warning.
 
     :param model: the LoRA-capable base model, e.g. ``@cf/mistral/mistral-7b-instruct-v0.2-lora``.
-    :param finetune_name: the finetune's name (unique per account for this operator's purposes).
-    :param description: an optional description.
+        (templated)
+    :param finetune_name: the finetune's name (unique per account for this operator's purposes). (templated)
+    :param description: an optional description. (templated)
     :param public: make the finetune public (default ``False``).
     :param adapter: an adapter folder (local path, fsspec URL or ``ObjectStoragePath``) holding
-        ``adapter_config.json`` and ``adapter_model.safetensors``.
-    :param if_exists: ``"reuse"`` or ``"fail"`` when a finetune with this name exists.
+        ``adapter_config.json`` and ``adapter_model.safetensors``. (templated)
+    :param if_exists: ``"reuse"`` (default) or ``"fail"`` when a finetune with this name exists; one
+        with this name but another base model is an error either way.
     :param preflight: run the checks before a create (default ``True``); ``False`` skips them.
-    :param max_finetunes: the account's finetune limit for the room check (default 100, Cloudflare's).
+    :param max_finetunes: the account's finetune limit for the room check (default 100, Cloudflare's);
+        a warning from 90 %.
     :param prepare_adapter: accept raw PEFT output: add the ``model_type`` PEFT does not write,
         inferred from ``base_model_name_or_path`` (see :func:`~airflow_provider_cfai.adapters.prepare_adapter`);
         the folder itself is not changed. Default ``False``.
     :param model_type: ``"mistral"``, ``"gemma"`` or ``"llama"`` for the adapter, instead of inferring
-        it; implies ``prepare_adapter=True``.
+        it; implies ``prepare_adapter=True``. (templated)
     :param asset_alias: the ``AssetAlias`` (or its name) this task adds an asset event to for the
         finetune it created, or reused and uploaded an adapter to (not for a reuse that changed
         nothing); it joins the task's ``outlets``. Default ``"cloudflare-workers-ai-finetunes"``;
         ``None`` emits no events. See :mod:`airflow_provider_cfai.assets`.
-    :param account_id: overrides the connection's account ID.
-    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use.
+    :param account_id: overrides the connection's account ID. (templated)
+    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use. (templated)
     """
 
     template_fields: Sequence[str] = (
         "model",
         "finetune_name",
         "description",
-        "public",
         "adapter",
-        "if_exists",
-        "preflight",
-        "max_finetunes",
-        "prepare_adapter",
         "model_type",
         "account_id",
         "cloudflare_conn_id",
@@ -102,69 +96,48 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
         self.add_outlets(self._alias_outlets())
         check_text("model", model)
         check_text("finetune_name", finetune_name)
-        check_choice("if_exists", if_exists, IF_EXISTS_CHOICES)
+        check_choice("if_exists", if_exists, IF_EXISTS_CHOICES, templated=False)
         if model_type is not None:
             check_choice("model_type", model_type, MODEL_TYPES)
-        if not is_template(max_finetunes):
-            from airflow_provider_cfai.preflight import checked_limit
-
-            checked_limit(max_finetunes)
+        limit = whole_number(max_finetunes, minimum=1)
+        if limit is None:
+            raise CloudflareInputError(f"max_finetunes must be a whole number >= 1, got {max_finetunes!r}")
         self.model = model
         self.finetune_name = finetune_name
         self.description = description
-        self.public = public
+        self.public = check_flag("public", public)
         self.adapter = adapter
         self.if_exists = if_exists
-        self.preflight = preflight
-        self.max_finetunes = max_finetunes
-        self.prepare_adapter = prepare_adapter
+        self.preflight = check_flag("preflight", preflight)
+        self.max_finetunes = limit
+        self.prepare_adapter = check_flag("prepare_adapter", prepare_adapter)
         self.model_type = model_type
 
     def execute(self, context: Context) -> str:
         from airflow_provider_cfai import preflight
-        from airflow_provider_cfai.adapters import load_adapter, prepare_adapter
 
         # First, so a task that fails below still shows the link (and Airflow logs no missing XCom).
         CloudflareWorkersAILink.persist(context, self.account_id or self.hook.settings.account_id)
         check_text("model", self.model)
         check_text("finetune_name", self.finetune_name)
-        check_choice("if_exists", self.if_exists, IF_EXISTS_CHOICES)
         model, name = self.model.strip(), self.finetune_name.strip()
-        checks, limit = as_bool("preflight", self.preflight), preflight.checked_limit(self.max_finetunes)
-        adapter = None
-        if self.adapter is not None:
-            check_text("model_type", self.model_type, optional=True)
-            model_type = self.model_type.strip() if self.model_type else None
-            if model_type or as_bool("prepare_adapter", self.prepare_adapter):
-                adapter = prepare_adapter(self.adapter, model_type=model_type)
-            else:
-                adapter = load_adapter(self.adapter)
-        if checks:
+        adapter = self._read_adapter()
+        if self.preflight:
             preflight.check_model(self.hook, model, adapter=adapter, account_id=self.account_id, log=self.log)
 
         finetunes = self.hook.list_finetunes(account_id=self.account_id)
-        existing = preflight.same_name(finetunes, name)
+        existing = _reusable(finetunes, name, model, if_exists=self.if_exists)
         if existing is not None:
-            if existing.get("model") != model:
-                raise FinetuneConflictError(
-                    f"Finetune {name!r} already exists with model {existing.get('model')!r}, not {model!r}; "
-                    "finetunes cannot be deleted, so choose another finetune_name."
-                )
-            if self.if_exists == "fail":
-                raise FinetuneConflictError(
-                    f"Finetune {name!r} already exists ({existing['id']}) and if_exists='fail'; "
-                    "use if_exists='reuse' to adopt it."
-                )
             finetune, verb = existing, "Reusing"
         else:
-            if checks:  # reusing never takes a slot; only a new finetune needs room
-                preflight.check_room(len(finetunes), limit=limit, name=name, log=self.log)
+            if self.preflight:  # reusing never takes a slot; only a new finetune needs room
+                preflight.check_room(len(finetunes), limit=self.max_finetunes, name=name, log=self.log)
             finetune, verb = (
                 self.hook.create_finetune(
                     model,
                     name,
                     description=self.description,
-                    public=as_bool("public", self.public),
+                    public=self.public,
                     account_id=self.account_id,
                 ),
                 "Created",
@@ -183,6 +156,18 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
             self.log.info("Uploaded adapter %s to finetune %s", adapter.location, finetune_id)
         self._add_finetune_event(context, finetune, created=verb == "Created", adapter=adapter)
         return finetune_id
+
+    def _read_adapter(self) -> LoraAdapter | None:
+        """The adapter folder, validated (and given its ``model_type`` if asked) before any API call."""
+        from airflow_provider_cfai.adapters import load_adapter, prepare_adapter
+
+        if self.adapter is None:
+            return None
+        check_text("model_type", self.model_type, optional=True)
+        model_type = self.model_type.strip() if self.model_type else None
+        if model_type or self.prepare_adapter:
+            return prepare_adapter(self.adapter, model_type=model_type)
+        return load_adapter(self.adapter)
 
     def _alias_outlets(self) -> list[AssetAlias]:
         """The asset alias to add to ``outlets``: none when disabled or already there."""
@@ -225,6 +210,30 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
         return create_lineage(getattr(self, "_finetune_record", None))
 
 
+def _reusable(finetunes: list[dict[str, Any]], name: str, model: str, *, if_exists: str) -> dict[str, Any] | None:
+    """The finetune a create of ``name`` on ``model`` reuses, or ``None`` to create one.
+
+    Raises :class:`FinetuneConflictError` for a finetune of this name on another model, or for any
+    with ``if_exists="fail"``.
+    """
+    from airflow_provider_cfai.hooks._finetunes import oldest_named
+
+    existing = oldest_named(finetunes, name)
+    if existing is None:
+        return None
+    if existing.get("model") != model:
+        raise FinetuneConflictError(
+            f"Finetune {name!r} already exists with model {existing.get('model')!r}, not {model!r}; "
+            "finetunes cannot be deleted, so choose another finetune_name."
+        )
+    if if_exists == "fail":
+        raise FinetuneConflictError(
+            f"Finetune {name!r} already exists ({existing['id']}) and if_exists='fail'; "
+            "use if_exists='reuse' to adopt it."
+        )
+    return existing
+
+
 class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
     """Upload a LoRA adapter's two files to an existing finetune.
 
@@ -233,10 +242,10 @@ class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
     also when given its name (XCom ``return_value``), so the next task can use it. Re-running is
     safe: Cloudflare keeps one file per name.
 
-    :param finetune_id: the finetune's ID or name, e.g. ``"{{ ti.xcom_pull('create') }}"``.
-    :param adapter: an adapter folder (local path, fsspec URL or ``ObjectStoragePath``).
-    :param account_id: overrides the connection's account ID.
-    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use.
+    :param finetune_id: the finetune's ID or name, e.g. ``"{{ ti.xcom_pull('create') }}"``. (templated)
+    :param adapter: an adapter folder (local path, fsspec URL or ``ObjectStoragePath``). (templated)
+    :param account_id: overrides the connection's account ID. (templated)
+    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use. (templated)
     """
 
     template_fields: Sequence[str] = ("finetune_id", "adapter", "account_id", "cloudflare_conn_id")

@@ -22,12 +22,12 @@ class WorkersAIRunOperator(CloudflareAIBaseOperator):
     ``CreateFinetuneOperator`` pushed, and the task fails if Cloudflare cannot serve it (unknown
     finetune, missing adapter files, a base model that does not take LoRAs).
 
-    :param model: the model to run, e.g. ``@cf/mistral/mistral-7b-instruct-v0.2-lora``.
-    :param inputs: the model's input as a mapping, e.g. ``{"prompt": "Hello", "raw": True}``.
+    :param model: the model to run, e.g. ``@cf/mistral/mistral-7b-instruct-v0.2-lora``. (templated)
+    :param inputs: the model's input as a mapping, e.g. ``{"prompt": "Hello", "raw": True}``. (templated)
     :param lora: a finetune ID or name to apply (a non-empty string), or ``None`` for the base
-        model; any other value is an error rather than a silent run of the base model.
-    :param account_id: overrides the connection's account ID.
-    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use.
+        model; any other value is an error rather than a silent run of the base model. (templated)
+    :param account_id: overrides the connection's account ID. (templated)
+    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use. (templated)
     """
 
     template_fields: Sequence[str] = ("model", "inputs", "lora", "account_id", "cloudflare_conn_id")

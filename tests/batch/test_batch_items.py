@@ -255,7 +255,7 @@ def test_manifest_counts_failures_and_tokens_and_hides_url_secrets(tmp_path: Pat
         "engine": "direct",
         "model": "@cf/meta/llama-3.1-8b-instruct",
         "lora": None,
-        "output": "s3://user@bucket/eval/out.jsonl",
+        "output": "s3://bucket/eval/out.jsonl",
         "total": 4,
         "succeeded": 3,
         "failed": 1,

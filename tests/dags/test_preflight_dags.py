@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from dag_runner import run_dag, xcom
+from emulator_requests import calls, fill
 from peft_output import write_peft_output
 
 from airflow_provider_cfai.adapter_factory import write_lora_adapter
@@ -49,20 +49,6 @@ def create_task(**kwargs: Any) -> str:
     kwargs.setdefault("model", MISTRAL)
     kwargs.setdefault("finetune_name", "support-bot")
     return f'CreateFinetuneOperator(task_id="create", retries=0, **{kwargs!r})'
-
-
-def calls(emulator: Any, method: str, route: str) -> list[dict[str, Any]]:
-    return [r for r in emulator.state()["requests"] if r["method"] == method and r["route"] == route]
-
-
-def fill(emulator: Any, count: int) -> None:
-    with requests.Session() as session:
-        session.trust_env = False
-        url = f"{emulator.base_url}/accounts/{emulator.account_id}/ai/finetunes"
-        headers = {"Authorization": f"Bearer {emulator.token}"}
-        for n in range(count):
-            response = session.post(url, json={"name": f"old-{n}", "model": MISTRAL}, headers=headers)
-            assert response.status_code == 200, response.text
 
 
 def test_newcomers_mistake_fails_before_any_create_naming_both_families(

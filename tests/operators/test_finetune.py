@@ -90,17 +90,12 @@ def test_templated_arguments_are_checked_again_after_rendering(emulator: Any) ->
     assert emulator.state()["requests"] == []
 
 
-def test_every_user_argument_is_a_template_field() -> None:
+def test_names_ids_models_and_paths_are_template_fields_and_knobs_are_not() -> None:
     assert set(CreateFinetuneOperator.template_fields) == {
         "model",
         "finetune_name",
         "description",
-        "public",
         "adapter",
-        "if_exists",
-        "preflight",
-        "max_finetunes",
-        "prepare_adapter",
         "model_type",
         "account_id",
         "cloudflare_conn_id",
