@@ -13,6 +13,7 @@ from starlette.routing import Match
 
 from airflow_provider_cfai.emulator.control import ControlError, build_control_router
 from airflow_provider_cfai.emulator.envelope import ApiError, error_body, json_response
+from airflow_provider_cfai.emulator.kv import build_kv_control_router, build_kv_router
 from airflow_provider_cfai.emulator.middleware import API_PREFIX, EmulatorMiddleware
 from airflow_provider_cfai.emulator.routes import build_api_router
 from airflow_provider_cfai.emulator.settings import EmulatorSettings
@@ -48,6 +49,8 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
     app.state.scratch_dir = scratch
     app.include_router(build_api_router(state))
     app.include_router(build_control_router(state))
+    app.include_router(build_kv_router(state))
+    app.include_router(build_kv_control_router(state))
 
     def resolve_route(scope: Scope) -> str | None:
         for route in app.router.routes:

@@ -18,6 +18,7 @@ from airflow_provider_cfai.emulator import catalog
 from airflow_provider_cfai.emulator.batch_queue import BatchQueue
 from airflow_provider_cfai.emulator.envelope import ApiError, success_body_raw
 from airflow_provider_cfai.emulator.faults import FaultRule, parse_fault
+from airflow_provider_cfai.emulator.kv import KVStore
 from airflow_provider_cfai.emulator.ratelimit import Decision, RateLimiter
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class EmulatorState:
         self._refused_uploads: list[dict[str, Any]] = []
         # Queued Batch API requests, behind their own lock (see emulator/batch_queue.py).
         self.batches = BatchQueue(clock)
+        # Workers KV namespaces and keys, behind their own lock (see emulator/kv.py).
+        self.kv = KVStore(clock)
         for entry in store.load():
             self._restore(entry)
 
@@ -298,6 +301,7 @@ class EmulatorState:
             self._lockouts = 0
             self._refused_uploads = []
             self.batches.clear()
+            self.kv.clear()
             self._store.wipe()
             if settings:
                 self._apply_settings(self._startup_settings)
@@ -322,6 +326,7 @@ class EmulatorState:
                     for r in self._fault_history
                 ],
                 "batches": self.batches.describe(),
+                "kv": self.kv.describe(),
                 "settings": self._settings.public_view(),
             }
 
