@@ -136,7 +136,7 @@ def test_the_canary_runs_the_given_inputs_with_the_finetune(kv_hook: Any, namesp
 
     # A canary input the model refuses fails the check.
     finetune("support-b")
-    with pytest.raises(PromotionCheckError, match="canary inference .* failed"):
+    with pytest.raises(PromotionCheckError, match=r"canary inference .* failed"):
         promote(kv_hook, namespace, "support-b", canary_inputs={"nothing": 1})
 
 
@@ -257,7 +257,7 @@ def test_rollback_restores_the_previous_finetune_and_can_itself_be_rolled_back(
 
 def test_rollback_without_history_is_refused(kv_hook: Any, namespace: str, finetune: Any, emulator: Any) -> None:
     a = finetune("support-a")
-    with pytest.raises(PromotionCheckError, match="no history to roll back to .it is not set"):
+    with pytest.raises(PromotionCheckError, match=r"no history to roll back to .it is not set"):
         rollback(kv_hook, namespace)
 
     kv_hook.write_kv_value(namespace, KEY, a["id"])  # set by hand: no metadata
@@ -285,7 +285,9 @@ def test_a_promotion_is_an_asset_event_of_the_pointer_with_the_finetune_in_extra
     from airflow.sdk.execution_time.context import OutletEventAccessors
 
     a = finetune("support-a")
-    operator = PromoteFinetuneOperator(task_id="promote", finetune=a["id"], namespace_id=namespace, key=KEY, model=MODEL)
+    operator = PromoteFinetuneOperator(
+        task_id="promote", finetune=a["id"], namespace_id=namespace, key=KEY, model=MODEL
+    )
     operator.hook = kv_hook
     events = OutletEventAccessors()
 
