@@ -158,3 +158,41 @@ def test_reset_forgets_namespaces(api: Any, emu: RunningEmulator) -> None:
     emu.reset()
 
     assert api.get("/storage/kv/namespaces").json()["result"] == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"data": b"plain"}, "multipart/form-data"),
+        ({"files": {"metadata": (None, "{}")}}, "no 'value' part"),
+        ({"files": {"value": (None, "v"), "metadata": (None, "{not json")}}, "must be JSON"),
+    ],
+    ids=["not-multipart", "no-value", "metadata-not-json"],
+)
+def test_malformed_writes_are_refused_with_10022(api: Any, kwargs: dict[str, Any], message: str) -> None:
+    ns = namespace(api)
+
+    response = api.request("PUT", f"/storage/kv/namespaces/{ns}/values/k", **kwargs)
+
+    assert response.status_code == 400
+    error = api.error_of(response)
+    assert error["code"] == 10022
+    assert message in error["message"]
+
+
+@pytest.mark.parametrize("body", [{}, {"title": " "}, {"title": 3}], ids=["missing", "blank", "not-a-string"])
+def test_a_namespace_needs_a_title(api: Any, body: dict[str, Any]) -> None:
+    response = api.post("/storage/kv/namespaces", json=body)
+
+    assert response.status_code == 400
+    assert api.error_of(response)["code"] == 10019
+
+
+def test_the_stand_in_worker_needs_a_model(api: Any, emu: RunningEmulator) -> None:
+    ns = namespace(api)
+    put(api, ns, "support-bot", "ft")
+
+    with pytest.raises(RuntimeError, match="no model"):
+        emu.ask_worker(ns, "support-bot", "hello")
+    with pytest.raises(RuntimeError, match="3037"):  # with a model, it runs it: "ft" is no finetune
+        emu.ask_worker(ns, "support-bot", "hello", model=LORA_MODEL)

@@ -462,3 +462,172 @@ def test_namespaces_are_listed_across_pages(kv_hook: Any) -> None:
     made = [kv_hook.create_kv_namespace(f"ns-{i}")["id"] for i in range(7)]
 
     assert [ns["id"] for ns in kv_hook.list_kv_namespaces(per_page=5)] == made
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "success": False,
+            "errors": [{"code": 10099, "message": "get: 'key not found'"}],
+            "messages": [],
+            "result": None,
+        },
+        {"success": False, "errors": [{"code": 10009, "message": "not here"}], "messages": [], "result": None},
+    ],
+    ids=["by-message", "by-code"],
+)
+def test_a_404_naming_a_missing_key_is_an_empty_pointer(
+    kv_hook: Any, namespace: str, emulator: Any, body: dict[str, Any]
+) -> None:
+    rule = emulator.add_fault(method="GET", path=r"/values/", status=404, body=body)
+
+    assert kv_hook.read_kv_value(namespace, KEY) is None
+    assert emulator.fired(rule) == 1
+
+
+def test_any_other_404_on_a_read_is_an_error(kv_hook: Any, namespace: str, emulator: Any) -> None:
+    body = {"success": False, "errors": [{"code": 7003, "message": "Could not route"}], "messages": [], "result": None}
+    rule = emulator.add_fault(method="GET", path=r"/metadata/", status=404, body=body)
+
+    with pytest.raises(CloudflareAPIError, match="7003"):
+        kv_hook.read_kv_metadata(namespace, KEY)
+    assert emulator.fired(rule) == 1
+
+
+def test_a_lost_first_write_to_a_new_key_is_sent_again(kv_hook: Any, namespace: str, emulator: Any) -> None:
+    rule = emulator.add_fault(method="PUT", path=PUT_VALUE, action="drop")
+
+    kv_hook.write_kv_value(namespace, "fresh", "v", metadata={"previous": None})
+
+    assert emulator.fired(rule) == 1
+    assert pointer_of(kv_hook, namespace, "fresh") == (b"v", {"previous": None})
+
+
+def pointer_of(hook: Any, namespace: str, key: str) -> tuple[bytes | None, Any]:
+    return hook.read_kv_value(namespace, key), hook.read_kv_metadata(namespace, key)
+
+
+@pytest.mark.parametrize("key", [".", "..", "k" * 513], ids=["dot", "dotdot", "too-long"])
+def test_keys_cloudflare_refuses_are_refused_before_any_call(kv_hook: Any, emulator: Any, key: str) -> None:
+    with pytest.raises(CloudflareInputError, match="at most 512 bytes"):
+        kv_hook.read_kv_value("n", key)
+    assert emulator.state()["requests"] == []
+
+
+def put_by_hand(emulator: Any, namespace: str, value: str, metadata: str | None) -> None:
+    import requests
+
+    files: dict[str, Any] = {"value": (None, value)}
+    if metadata is not None:
+        files["metadata"] = (None, metadata)
+    url = f"{emulator.base_url}/accounts/{emulator.account_id}/storage/kv/namespaces/{namespace}/values/{KEY}"
+    response = requests.put(url, files=files, headers={"Authorization": f"Bearer {emulator.token}"}, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def test_a_hand_set_pointer_with_odd_metadata_is_promoted_over_and_not_rolled_back(
+    kv_hook: Any, namespace: str, finetune: Any, emulator: Any
+) -> None:
+    put_by_hand(emulator, namespace, "hand-set", '"a string, not an object"')
+    with pytest.raises(PromotionCheckError, match="records no 'previous' value"):
+        rollback(kv_hook, namespace)
+
+    finetune("support-a")
+    assert promote(kv_hook, namespace, "support-a") == "hand-set"
+
+
+def test_an_empty_pointer_value_counts_as_nothing_live(
+    kv_hook: Any, namespace: str, finetune: Any, emulator: Any
+) -> None:
+    put_by_hand(emulator, namespace, "  ", None)
+    finetune("support-a")
+
+    assert promote(kv_hook, namespace, "support-a") is None
+    assert pointer(kv_hook, namespace)[1]["previous"] is None
+
+
+def test_a_previous_value_too_long_for_the_metadata_fails_before_the_write(
+    kv_hook: Any, namespace: str, finetune: Any, emulator: Any
+) -> None:
+    put_by_hand(emulator, namespace, "x" * 1100, None)
+    finetune("support-a")
+    writes = kv_writes(emulator)
+
+    with pytest.raises(PromotionCheckError, match=r"at most 1024.*the pointer was not changed"):
+        promote(kv_hook, namespace, "support-a")
+    assert kv_writes(emulator) == writes
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ('{"previous": "ghost"}', "names no 'model'"),
+        ('{"previous": "ghost", "model": "@cf/mistral/mistral-7b-instruct-v0.2-lora"}', "'ghost' does not exist"),
+        ("INCOMPLETE", "missing its adapter files"),
+    ],
+    ids=["no-model", "unknown-previous", "previous-without-files"],
+)
+def test_rollback_checks_the_previous_finetune_before_writing(
+    kv_hook: Any, namespace: str, finetune: Any, emulator: Any, metadata: str, message: str
+) -> None:
+    if metadata == "INCOMPLETE":
+        incomplete = finetune("half-uploaded", files=False)
+        metadata = f'{{"previous": "{incomplete["id"]}", "model": "{MODEL}"}}'
+    put_by_hand(emulator, namespace, "live-one", metadata)
+    writes = kv_writes(emulator)
+
+    with pytest.raises(PromotionCheckError, match=message):
+        rollback(kv_hook, namespace)
+    assert kv_writes(emulator) == writes
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "doing"),
+    [("POST", r"/ai/run/", "The canary inference"), ("GET", r"/ai/finetunes$", "Listing the account's finetunes")],
+    ids=["canary", "finetune-lookup"],
+)
+def test_a_403_from_workers_ai_names_its_permission(
+    kv_hook: Any, namespace: str, finetune: Any, emulator: Any, method: str, path: str, doing: str
+) -> None:
+    finetune("support-a")
+    body = {"success": False, "errors": [{"code": 10000, "message": "Authentication error"}], "messages": []}
+    rule = emulator.add_fault(method=method, path=path, status=403, body=body)
+
+    with pytest.raises(PromotionCheckError, match=f"{doing} was refused .*'Workers AI Read \\(or Write\\)'"):
+        promote(kv_hook, namespace, "support-a")
+
+    assert emulator.fired(rule) == 1
+    assert kv_writes(emulator) == 0
+
+
+def test_canary_inputs_that_are_not_a_mapping_fail_as_a_check(kv_hook: Any, namespace: str, finetune: Any) -> None:
+    finetune("support-a")
+
+    with pytest.raises(PromotionCheckError, match="canary_inputs: inputs must be a mapping"):
+        promote(kv_hook, namespace, "support-a", canary_inputs="hello")
+
+
+def test_asset_alias_none_adds_no_outlet_and_a_wrong_one_is_refused() -> None:
+    from airflow.sdk import AssetAlias
+
+    kwargs = {"finetune": "a", "namespace_id": "n", "key": "k"}
+    assert PromoteFinetuneOperator(task_id="p", asset_alias=None, **kwargs).outlets == []
+    given = PromoteFinetuneOperator(task_id="q", outlets=[AssetAlias(PROMOTIONS_ALIAS)], **kwargs)
+    assert given.outlets == [AssetAlias(PROMOTIONS_ALIAS)]  # not added twice
+    with pytest.raises(CloudflareInputError, match="asset_alias must be"):
+        RollbackFinetuneOperator(task_id="r", namespace_id="n", key="k", asset_alias=3)
+
+
+def test_pointer_uris_are_normalised_and_malformed_ones_refused() -> None:
+    from airflow.sdk import Asset
+
+    account = "0123456789abcdef0123456789abcdef"
+    written = f"cloudflare-workers-ai://{account.upper()}/kv/ns1/support bot"
+
+    assert Asset(uri=written).uri == pointer_uri(account, "ns1", "support bot")
+    assert pointer_uri(account, "ns1", "a/b").endswith("/kv/ns1/a%2Fb")
+    with pytest.raises(ValueError, match="/kv/<namespace id>/<key>"):
+        Asset(uri=f"cloudflare-workers-ai://{account}/kv/ns1/%20")
+    with pytest.raises(ValueError, match="key must be a non-empty string"):
+        pointer_uri(account, "ns1", " ")
