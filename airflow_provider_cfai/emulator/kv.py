@@ -100,7 +100,7 @@ class KVStore:
             namespace = self._namespace(namespace_id)
             now = self._clock()
             previous = namespace.keys.get(key)
-            if previous is not None and interval > 0 and now - previous.written_at < interval:
+            if previous is not None and now - previous.written_at < interval:
                 wait = max(1, math.ceil(previous.written_at + interval - now))
                 raise ApiError(
                     429,

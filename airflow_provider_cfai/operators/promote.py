@@ -240,7 +240,7 @@ class RollbackFinetuneOperator(_PointerOperator):
         check_text("key", self.key)
         namespace_id, key = self.namespace_id.strip(), self.key.strip()
         current, metadata = self._read_pointer()
-        if current is None or metadata is None or "previous" not in metadata:
+        if metadata is None or "previous" not in metadata:
             raise PromotionCheckError(
                 f"Pointer {namespace_id}/{key} has no history to roll back to ("
                 + ("it is not set" if current is None else "its metadata records no 'previous' value")

@@ -56,11 +56,12 @@ def finetune(kv_hook: Any, tmp_path: Path) -> Any:
 
 
 def promote(hook: Any, namespace: str, finetune: str, **kwargs: Any) -> Any:
+    context = kwargs.pop("context", CONTEXT)
     kwargs.setdefault("model", MODEL)
     kwargs.setdefault("asset_alias", None)
     operator = PromoteFinetuneOperator(task_id="promote", finetune=finetune, namespace_id=namespace, key=KEY, **kwargs)
     operator.hook = hook
-    return operator.execute(context=kwargs.pop("context", CONTEXT))
+    return operator.execute(context=context)
 
 
 def rollback(hook: Any, namespace: str, **kwargs: Any) -> Any:
@@ -631,3 +632,26 @@ def test_pointer_uris_are_normalised_and_malformed_ones_refused() -> None:
         Asset(uri=f"cloudflare-workers-ai://{account}/kv/ns1/%20")
     with pytest.raises(ValueError, match="key must be a non-empty string"):
         pointer_uri(account, "ns1", " ")
+
+
+def test_a_lost_write_of_the_same_value_with_new_metadata_is_sent_again(
+    kv_hook: Any, namespace: str, emulator: Any
+) -> None:
+    kv_hook.write_kv_value(namespace, KEY, "v", metadata={"previous": "old"})
+    rule = emulator.add_fault(method="PUT", path=PUT_VALUE, action="drop")
+
+    kv_hook.write_kv_value(namespace, KEY, "v", metadata={"previous": "newer"})
+
+    assert emulator.fired(rule) == 1
+    assert pointer(kv_hook, namespace) == (b"v", {"previous": "newer"})
+
+
+def test_asset_alias_none_emits_no_event(kv_hook: Any, namespace: str, finetune: Any) -> None:
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    finetune("support-a")
+    events = OutletEventAccessors()
+
+    promote(kv_hook, namespace, "support-a", context={"outlet_events": events, **CONTEXT})
+
+    assert not [e for accessor in events._dict.values() for e in accessor.asset_alias_events]
