@@ -35,6 +35,7 @@ from airflow_provider_cfai.policy import (
     after_status,
     after_transport_failure,
     asset_already_uploaded,
+    kv_key_missing,
     log_retry,
 )
 
@@ -621,7 +622,7 @@ class CloudflareAIHook(BaseHook):
         try:
             value = self._request("GET", path, raw=True)
         except CloudflarePermanentAPIError as error:
-            if _kv_key_missing(error):
+            if kv_key_missing(error):
                 return None
             raise
         return bytes(value)
@@ -633,7 +634,7 @@ class CloudflareAIHook(BaseHook):
         try:
             return self._request("GET", path)
         except CloudflarePermanentAPIError as error:
-            if _kv_key_missing(error):
+            if kv_key_missing(error):
                 return None
             raise
 
@@ -687,7 +688,7 @@ class CloudflareAIHook(BaseHook):
                 stored = self._send("GET", path, raw=True)
                 stored_metadata = self._send("GET", metadata_path)
             except AttemptFailed as failed:
-                if isinstance(failed.error, CloudflarePermanentAPIError) and _kv_key_missing(failed.error):
+                if isinstance(failed.error, CloudflarePermanentAPIError) and kv_key_missing(failed.error):
                     return None
                 raise
             if bytes(stored) == body and stored_metadata == expected_metadata:
@@ -712,16 +713,6 @@ class CloudflareAIHook(BaseHook):
 
 _KV_METADATA_MAX = 1024
 _KV_KEY_MAX = 512
-_KV_KEY_NOT_FOUND = 10009
-
-
-def _kv_key_missing(error: CloudflareAPIError) -> bool:
-    """A KV read answered 404 because the key does not exist (Cloudflare: 10009 "get: 'key not found'").
-
-    Any other 404 (no such namespace, no such account) is a configuration error, never an empty pointer.
-    """
-    text = " ".join(str(item.get("message", "")) for item in error.errors).lower()
-    return error.status == 404 and (_KV_KEY_NOT_FOUND in error.codes or "key not found" in text)
 
 
 def _required(name: str, value: Any) -> str:

@@ -296,7 +296,9 @@ def _serving_model(
 
 def _permission_error(error: CloudflareAuthError, permission: str, doing: str) -> Exception:
     """A 403 becomes a message naming the permission the token lacks; a 401 (bad token) stays as it is."""
-    if error.status != 403:
+    from airflow_provider_cfai.policy import missing_permission
+
+    if not missing_permission(error):
         return error
     return PromotionCheckError(
         f"{doing} was refused ({error}): the API token needs the permission '{permission}'; add it to the "
