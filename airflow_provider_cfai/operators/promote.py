@@ -179,6 +179,15 @@ class PromoteFinetuneOperator(_PointerOperator):
     :param finetune: the finetune's ID or name. (templated)
     :param model: the model the Worker runs; needed when the pointer has no metadata yet (its first
         promotion), and must match the metadata otherwise. (templated)
+    :param namespace_id: the Workers KV namespace ID the Worker's binding (e.g. ``LORA``) points at.
+        (templated)
+    :param key: the KV key the Worker reads, e.g. ``"support-bot"``. (templated)
+    :param canary_inputs: the model input of the canary inference run with the finetune before the
+        pointer changes, e.g. ``{"messages": [...]}``; default a one-line prompt. (templated)
+    :param asset_alias: the ``AssetAlias`` (or its name) the pointer's asset event goes through; it
+        joins the task's ``outlets``. Default ``"cloudflare-workers-ai-promotions"``; ``None``: no event.
+    :param account_id: overrides the connection's account ID. (templated)
+    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -231,6 +240,16 @@ class RollbackFinetuneOperator(_PointerOperator):
     leaving the pointer as it is, when the pointer has no history (no metadata with ``previous``, or
     nothing was live before the first promotion). Returns the value it replaced as XCom and emits the
     pointer's asset event.
+
+    :param namespace_id: the Workers KV namespace ID the Worker's binding (e.g. ``LORA``) points at.
+        (templated)
+    :param key: the KV key the Worker reads, e.g. ``"support-bot"``. (templated)
+    :param canary_inputs: the model input of the canary inference run with the finetune before the
+        pointer changes, e.g. ``{"messages": [...]}``; default a one-line prompt. (templated)
+    :param asset_alias: the ``AssetAlias`` (or its name) the pointer's asset event goes through; it
+        joins the task's ``outlets``. Default ``"cloudflare-workers-ai-promotions"``; ``None``: no event.
+    :param account_id: overrides the connection's account ID. (templated)
+    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use. (templated)
     """
 
     template_fields: Sequence[str] = ("namespace_id", "key", "canary_inputs", "account_id", "cloudflare_conn_id")
