@@ -101,6 +101,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_cfai.operators.finetune",
                     "airflow_provider_cfai.operators.inference",
                     "airflow_provider_cfai.operators.batch",
+                    "airflow_provider_cfai.operators.promote",
                 ],
             }
         ],

@@ -7,6 +7,11 @@ finetune, not its ID, so re-runs that reuse a finetune land on the same asset::
 
     cloudflare-workers-ai://<account id>/finetunes/<URL-quoted name>
 
+A promotion (``PromoteFinetuneOperator``, ``RollbackFinetuneOperator``) is an event of the serving
+pointer, a Workers KV key, emitted through :data:`PROMOTIONS_ALIAS`; the finetune is in ``extra``::
+
+    cloudflare-workers-ai://<account id>/kv/<namespace id>/<URL-quoted key>
+
 The provider registers the scheme under ``asset-uris``: Airflow calls :func:`sanitize_uri` on every
 such URI (in DAG files too), so this module imports nothing beyond what DAG files already load.
 """
@@ -25,11 +30,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINETUNES_ALIAS",
+    "PROMOTIONS_ALIAS",
     "SCHEME",
     "add_finetune_event",
+    "add_promotion_event",
     "finetune_asset",
     "finetune_event_extra",
     "finetune_uri",
+    "pointer_asset",
+    "pointer_uri",
     "sanitize_uri",
 ]
 
@@ -39,8 +48,12 @@ SCHEME = "cloudflare-workers-ai"
 #: The default ``AssetAlias`` name ``CreateFinetuneOperator`` emits finetune events through.
 FINETUNES_ALIAS = "cloudflare-workers-ai-finetunes"
 
+#: The default ``AssetAlias`` name the promote and rollback operators emit pointer events through.
+PROMOTIONS_ALIAS = "cloudflare-workers-ai-promotions"
+
 _ACCOUNT_ID = re.compile(r"[0-9a-fA-F]{32}")
 _FINETUNES = "finetunes"
+_POINTERS = "kv"
 
 
 def finetune_uri(account_id: str, finetune_name: str) -> str:
@@ -78,6 +91,8 @@ def sanitize_uri(parts: SplitResult) -> SplitResult:
     if not _ACCOUNT_ID.fullmatch(parts.hostname or ""):
         raise ValueError(f"the host must be the 32-hex-character account ID, got {parts.netloc!r}; {expected}")
     segments = parts.path.split("/")
+    if len(segments) == 4 and segments[1] == _POINTERS:
+        return _sanitize_pointer(parts, segments)
     if len(segments) != 3 or segments[1] != _FINETUNES or not unquote(segments[2]).strip():
         raise ValueError(
             f"the path must be /{_FINETUNES}/<name> with the name URL-quoted (a '/' in it as %2F), "
@@ -126,3 +141,43 @@ def _account(account_id: str) -> str:
     if not isinstance(account_id, str) or not _ACCOUNT_ID.fullmatch(account_id.strip()):
         raise ValueError(f"account_id must be the 32-hex-character Cloudflare account ID, got {account_id!r}")
     return account_id.strip().lower()
+
+
+# -- serving pointers (promotions) -------------------------------------------------------------------
+
+
+def pointer_uri(account_id: str, namespace_id: str, key: str) -> str:
+    """The serving pointer's asset URI: a Workers KV key that a Worker reads its finetune from."""
+    account = _account(account_id)
+    for field, value in (("namespace_id", namespace_id), ("key", key)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{field} must be a non-empty string, got {value!r}")
+    return f"{SCHEME}://{account}/{_POINTERS}/{quote(namespace_id.strip(), safe='')}/{quote(key.strip(), safe='')}"
+
+
+def pointer_asset(*, account_id: str, namespace_id: str, key: str, extra: dict[str, Any] | None = None) -> Asset:
+    """The serving pointer's ``Asset``, e.g. to schedule a monitoring DAG on "production changed"."""
+    return Asset(uri=pointer_uri(account_id, namespace_id, key), extra=extra)
+
+
+def add_promotion_event(context: Mapping[str, Any], alias: str | AssetAlias, extra: dict[str, Any]) -> Asset | None:
+    """Add an asset event for the pointer described by ``extra`` (``account_id``, ``namespace_id``,
+    ``key``) through ``alias``, which must be among the task's ``outlets``. ``None`` outside a task run."""
+    outlet_events = context.get("outlet_events")
+    if outlet_events is None:
+        return None
+    asset = pointer_asset(account_id=extra["account_id"], namespace_id=extra["namespace_id"], key=extra["key"])
+    alias = alias if isinstance(alias, AssetAlias) else AssetAlias(alias)
+    outlet_events[alias].add(asset, extra=extra)
+    return asset
+
+
+def _sanitize_pointer(parts: SplitResult, segments: list[str]) -> SplitResult:
+    namespace_id, key = unquote(segments[2]).strip(), unquote(segments[3]).strip()
+    if not namespace_id or not key:
+        raise ValueError(
+            f"the path must be /{_POINTERS}/<namespace id>/<key> with the key URL-quoted, got {parts.path!r}; "
+            "build it with airflow_provider_cfai.assets.pointer_uri()"
+        )
+    path = f"/{_POINTERS}/{quote(namespace_id, safe='')}/{quote(key, safe='')}"
+    return parts._replace(netloc=parts.netloc.lower(), path=path)

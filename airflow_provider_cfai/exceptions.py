@@ -30,6 +30,7 @@ __all__ = [
     "CloudflarePermanentAPIError",
     "FinetuneConflictError",
     "PreflightCheckError",
+    "PromotionCheckError",
 ]
 
 
@@ -166,3 +167,12 @@ class BatchTimeoutError(CloudflareAIError, AirflowTaskTimeout):
 
 class BatchFailureRatioError(CloudflareAIError, AirflowFailException):
     """More items of a batch failed than ``max_failure_ratio`` allows; raised after the output is written."""
+
+
+class PromotionCheckError(CloudflareAIError, AirflowFailException):
+    """A check before a promotion or rollback failed; the serving pointer was not changed.
+
+    Raised for a finetune that is missing, made for another model or fails its canary inference, a
+    KV namespace that does not exist, a token without the permission a step needs, or a rollback
+    with no history. The message names the fix; Airflow does not retry.
+    """

@@ -67,7 +67,9 @@ __all__ = [
     "backoff",
     "error_class",
     "is_retryable",
+    "kv_key_missing",
     "log_retry",
+    "missing_permission",
     "pace",
     "parse_ratelimit",
     "parse_ratelimit_policy",
@@ -107,6 +109,24 @@ def asset_already_uploaded(error: CloudflareAPIError) -> bool:
     keeps the file that is there instead of failing.
     """
     return error.status == 409
+
+
+#: Cloudflare's code for a Workers KV read of a key that does not exist ("get: 'key not found'").
+KV_KEY_NOT_FOUND = 10009
+
+
+def kv_key_missing(error: CloudflareAPIError) -> bool:
+    """A Workers KV read answered 404 because the key does not exist: an empty pointer, not a failure.
+
+    Any other 404 (no such namespace, no such account) is a configuration error, never an empty pointer.
+    """
+    text = " ".join(str(item.get("message", "")) for item in error.errors).lower()
+    return error.status == 404 and (KV_KEY_NOT_FOUND in error.codes or "key not found" in text)
+
+
+def missing_permission(error: CloudflareAPIError) -> bool:
+    """HTTP 403: valid credentials without the permission the call needs (401: the credentials are bad)."""
+    return error.status == 403
 
 
 def stops_the_batch(error: CloudflareAPIError) -> bool:

@@ -189,6 +189,18 @@ class RunningEmulator:
             f"fault rule {rule_id} is unknown to this emulator: added to another emulator, or before the last reset"
         )
 
+    def ask_worker(self, namespace_id: str, key: str, prompt: str, *, model: str | None = None) -> dict[str, Any]:
+        """Ask the stand-in for the user's Worker: it reads KV key ``key`` and runs the model (the
+        pointer's metadata ``model`` unless given) with the finetune the key names.
+
+        Returns ``{"model", "lora", "response"}``; the response names the finetune that answered.
+        """
+        body: dict[str, Any] = {"namespace_id": namespace_id, "key": key, "prompt": prompt}
+        if model is not None:
+            body["model"] = model
+        result: dict[str, Any] = self._control("POST", "/worker", body)
+        return result
+
     def _control(self, method: str, path: str, body: Any = None) -> Any:
         import urllib.error
         import urllib.request

@@ -22,6 +22,7 @@ HOME = ROOT / ".demo" / "airflow"
 DAGS = ("example_cloudflare_finetune", "example_lora_pipeline", "example_batch_evaluation")
 LOGICAL_DATE = "2026-01-05"
 CONSUMER = "example_finetune_asset_consumer"
+PROMOTE, ROLLBACK = "example_promote_finetune", "example_rollback_finetune"
 
 
 @contextlib.contextmanager
@@ -63,10 +64,35 @@ def finetune_asset_events(db: Path) -> tuple[list[tuple[str, str]], set[str]]:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         events = conn.execute(
             "SELECT a.uri, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
-            "WHERE a.uri LIKE 'cloudflare-workers-ai://%' ORDER BY e.id"
+            "WHERE a.uri LIKE 'cloudflare-workers-ai://%/finetunes/%' ORDER BY e.id"
         ).fetchall()
         queued = {row[0] for row in conn.execute("SELECT DISTINCT target_dag_id FROM asset_dag_run_queue")}
     return events, queued
+
+
+def ship_it(db: Path, env: dict[str, str], emulator: object | None) -> list[str]:
+    """Promote finetune A, then B, then roll back; the stand-in Worker's answer after each step."""
+    traffic: list[str] = []
+
+    def worker(expected: str) -> None:
+        if emulator is None:
+            return
+        namespace = xcom_return_value(db, PROMOTE, "serving_namespace")
+        answer = emulator.ask_worker(str(namespace), "support-bot", "Where is my order?")  # type: ignore[attr-defined]
+        if expected not in answer["response"]:
+            raise SystemExit(f"The stand-in Worker should serve {expected}, but answered {answer['response']!r}")
+        traffic.append(f"Worker answers with {answer['response']!r}")
+        print(traffic[-1])
+
+    # The approval is a person's in production (Required actions page or REST API); here it is
+    # marked successful so the demo runs unattended.
+    for day, name in (("2026-01-05", "acme-support-a"), ("2026-01-12", "acme-support-b")):
+        conf = json.dumps({"finetune_name": name})
+        airflow("dags", "test", PROMOTE, day, "-c", conf, "--mark-success-pattern", "approve_promotion", env=env)
+        worker(name)
+    airflow("dags", "test", ROLLBACK, "2026-01-20", env=env)
+    worker("acme-support-a")
+    return traffic
 
 
 def main() -> int:
@@ -98,6 +124,8 @@ def main() -> int:
         scores = xcom_return_value(db, "example_batch_evaluation", "score")
         manifest = xcom_return_value(db, "example_batch_evaluation", "evaluate_finetune")
         promoted = xcom_return_value(db, "example_batch_evaluation", "promote")
+        traffic = ship_it(db, env, emulator)
+        rolled_back_from = xcom_return_value(db, ROLLBACK, "rollback")
         events, queued = finetune_asset_events(db)
         if CONSUMER not in queued:
             raise SystemExit(f"No finetune asset event queued {CONSUMER} (queued: {sorted(queued)})")
@@ -118,6 +146,9 @@ def main() -> int:
     for uri, extra in events:
         print(f"Asset event {uri}: {extra}")
     print(f"{CONSUMER} queued for the scheduler by {len(events)} finetune asset events")
+    print(f"Promote A, promote B, roll back (XCom of {ROLLBACK}.rollback: {rolled_back_from}):")
+    for line in traffic:
+        print(f"  {line}")
     print(f"Smoke test answer (XCom of smoke_test): {answer}")
     print(f"Finetune ID of the LoRA pipeline (XCom of register_finetune): {pipeline_id}")
     print(f"Finetune ID in XCom (example_cloudflare_finetune.create_finetune): {finetune_id}")

@@ -15,6 +15,7 @@ before = set(sys.modules)
 import airflow_provider_cfai.operators.finetune
 import airflow_provider_cfai.operators.inference
 import airflow_provider_cfai.operators.batch
+import airflow_provider_cfai.operators.promote
 import airflow_provider_cfai.hooks.cloudflare_ai
 new = {name.split(".")[0] for name in set(sys.modules) - before}
 print(json.dumps(sorted(new)))

@@ -14,6 +14,7 @@ from starlette.routing import Match
 from airflow_provider_cfai.emulator.batch_queue import BatchQueue
 from airflow_provider_cfai.emulator.control import ControlError, build_control_router
 from airflow_provider_cfai.emulator.envelope import ApiError, error_body, json_response
+from airflow_provider_cfai.emulator.kv import KVStore, build_kv_control_router, build_kv_router
 from airflow_provider_cfai.emulator.middleware import API_PREFIX, EmulatorMiddleware
 from airflow_provider_cfai.emulator.routes import build_api_router
 from airflow_provider_cfai.emulator.settings import EmulatorSettings
@@ -44,6 +45,8 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
     state = EmulatorState(settings, store)
     batches = BatchQueue(state.clock)
     state.attach("batches", batches)
+    kv = KVStore(state.clock)
+    state.attach("kv", kv)
 
     app = FastAPI(title="cfai-emulator", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.emulator = state
@@ -51,6 +54,8 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
     app.state.scratch_dir = scratch
     app.include_router(build_api_router(state, batches))
     app.include_router(build_control_router(state))
+    app.include_router(build_kv_router(state, kv))
+    app.include_router(build_kv_control_router(state, kv))
 
     def resolve_route(scope: Scope) -> str | None:
         for route in app.router.routes:

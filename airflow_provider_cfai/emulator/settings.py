@@ -40,6 +40,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "duplicate_names": ("allow", "reject"),
     "token_kind": ("account", "user"),
     "token_status": ("active", "disabled", "expired"),
+    "token_kv_access": ("write", "read", "none"),
 }
 _NON_NEGATIVE_INTS = ("max_finetunes", "public_seed", "rate_limit")
 _POSITIVE_INTS = ("max_file_bytes", "request_log_size", "queue_max_bytes")
@@ -89,6 +90,12 @@ class EmulatorSettings:
 
     request_log_size: int = 1000
 
+    # Workers KV (emulator/kv.py): what the token may do with KV ("write", "read" or "none": the
+    # permissions Workers KV Storage Write / Read), and the seconds between two writes to one key
+    # (Cloudflare: 1 write per second per key; 0 switches the limit off).
+    token_kv_access: str = "write"
+    kv_write_interval: float = 1.0
+
     # The Batch API (emulator/batch_queue.py): seconds from submit to "running" and to responses,
     # and the payload limit (Cloudflare: 10 MB).
     queue_running_after: float = 0.5
@@ -126,7 +133,7 @@ class EmulatorSettings:
         object.__setattr__(self, "extra_models", tuple(extra))
         object.__setattr__(self, "rate_window", _check_number("rate_window", self.rate_window, positive=True))
         object.__setattr__(self, "rate_lockout", _check_number("rate_lockout", self.rate_lockout))
-        for key in ("queue_running_after", "queue_delay"):
+        for key in ("queue_running_after", "queue_delay", "kv_write_interval"):
             object.__setattr__(self, key, _check_number(key, getattr(self, key)))
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", Path(self.data_dir))

@@ -36,6 +36,7 @@ from airflow_provider_cfai.policy import (
     after_status,
     after_transport_failure,
     asset_already_uploaded,
+    kv_key_missing,
     log_retry,
 )
 
@@ -190,8 +191,12 @@ class CloudflareAIHook(BaseHook):
         upload: Callable[[], contextlib.AbstractContextManager[tuple[IO[bytes], str]]] | None = None,
         recover: Callable[[], Any] | None = None,
         resend_unknown: bool = True,
+        raw: bool = False,
     ) -> Any:
         """Send one API call under the retry policy and return the envelope's ``result``.
+
+        :param raw: return a success's body as bytes instead of unwrapping an envelope (a Workers
+            KV value); error answers are still read as envelopes.
 
         :param resend_unknown: ``False`` for a call that must not be repeated and cannot be looked up:
             after an attempt whose outcome is unknown, it fails instead of being sent again.
@@ -221,7 +226,7 @@ class CloudflareAIHook(BaseHook):
                             recovered = recover()
                             if recovered is not None:
                                 return recovered
-                        return self._send(method, path, json=json, params=params, upload=upload)
+                        return self._send(method, path, json=json, params=params, upload=upload, raw=raw)
                     except AttemptFailed as failed:
                         outcome_unknown = outcome_unknown or failed.outcome_unknown
                         raise
@@ -237,6 +242,7 @@ class CloudflareAIHook(BaseHook):
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         upload: Callable[[], contextlib.AbstractContextManager[tuple[IO[bytes], str]]] | None = None,
+        raw: bool = False,
     ) -> Any:
         """One attempt: the answer's ``result``, or :class:`AttemptFailed` saying what the policy needs."""
         import requests
@@ -267,6 +273,8 @@ class CloudflareAIHook(BaseHook):
         finally:
             self._gate.release(window, answer)
         self.log.debug("%s %s -> HTTP %s", method, path, response.status_code)
+        if raw and 200 <= response.status_code < 300:
+            return response.content
         try:
             return unwrap(response, method, path)
         except CloudflareAPIError as error:
@@ -576,8 +584,136 @@ class CloudflareAIHook(BaseHook):
             f"Connected to account {settings.account_id} ({token_note}); {count} finetune(s) visible.",
         )
 
+    # -- Workers KV: the serving pointer a Worker reads ---------------------------------------------
+
+    def list_kv_namespaces(self, *, per_page: int = 100, account_id: str | None = None) -> list[dict[str, Any]]:
+        """Every Workers KV namespace of the account (``GET /accounts/{id}/storage/kv/namespaces``), all pages."""
+        path = f"{self._account(account_id)}/storage/kv/namespaces"
+        found: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            batch = _flatten(self._request("GET", path, params={"page": page, "per_page": per_page}))
+            found.extend(batch)
+            if len(batch) < per_page:
+                return found
+            page += 1
+
+    def create_kv_namespace(self, title: str, *, account_id: str | None = None) -> dict[str, Any]:
+        """Create a Workers KV namespace (``POST /accounts/{id}/storage/kv/namespaces``): ``{id, title, ...}``.
+
+        Titles are unique per account, so a create whose outcome is unknown is looked up by title
+        before it is sent again.
+        """
+        title = _required("title", title)
+        path = f"{self._account(account_id)}/storage/kv/namespaces"
+
+        def recover() -> dict[str, Any] | None:
+            # One attempt, and only the first page: this runs inside the create's retry budget.
+            listed = _flatten(self._send("GET", path, params={"page": 1, "per_page": 1000}))
+            return next((ns for ns in listed if ns.get("title") == title), None)
+
+        return _as_object(self._request("POST", path, json={"title": title}, recover=recover), "POST", path)
+
+    def read_kv_value(self, namespace_id: str, key: str, *, account_id: str | None = None) -> bytes | None:
+        """A KV key's value as stored (raw bytes, not an envelope), or ``None`` when the key does not exist.
+
+        A missing namespace is an error (:class:`CloudflarePermanentAPIError`), not ``None``.
+        """
+        path = self._kv_path(namespace_id, "values", key, account_id)
+        try:
+            value = self._request("GET", path, raw=True)
+        except CloudflarePermanentAPIError as error:
+            if kv_key_missing(error):
+                return None
+            raise
+        return bytes(value)
+
+    def read_kv_metadata(self, namespace_id: str, key: str, *, account_id: str | None = None) -> Any:
+        """A KV key's metadata (``GET .../metadata/{key}``, the JSON written with the value), or ``None``
+        when the key does not exist or was written without metadata."""
+        path = self._kv_path(namespace_id, "metadata", key, account_id)
+        try:
+            return self._request("GET", path)
+        except CloudflarePermanentAPIError as error:
+            if kv_key_missing(error):
+                return None
+            raise
+
+    def write_kv_value(
+        self,
+        namespace_id: str,
+        key: str,
+        value: str | bytes,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        account_id: str | None = None,
+    ) -> None:
+        """Write a KV key's value and metadata in one call (``PUT .../values/{key}``, multipart).
+
+        Value and metadata travel in one request, so they change together or not at all. If the
+        outcome is unknown (a dropped connection, a 5xx), the hook reads the key back before sending
+        again: a write that landed is not repeated (Cloudflare allows one write per second to a key
+        and answers a second one with 429); one that did not is sent again, identical, so nothing
+        the metadata recorded (such as the previous value) is lost. A 429 waits ``Retry-After``.
+
+        :param value: the new value (a string is stored as UTF-8).
+        :param metadata: JSON-serialisable metadata, at most 1024 bytes serialised (Cloudflare's limit).
+        """
+        import json as _json
+
+        body = value.encode() if isinstance(value, str) else bytes(value)
+        fields: list[tuple[str, Any]] = [("value", body)]
+        expected_metadata = None
+        if metadata is not None:
+            encoded = _json.dumps(dict(metadata), separators=(",", ":"))
+            if len(encoded.encode()) > _KV_METADATA_MAX:
+                raise CloudflareInputError(
+                    f"KV metadata is {len(encoded.encode())} bytes serialised; Cloudflare allows at most "
+                    f"{_KV_METADATA_MAX}: store less in it"
+                )
+            fields.append(("metadata", encoded))
+            expected_metadata = _json.loads(encoded)
+        path = self._kv_path(namespace_id, "values", key, account_id)
+        metadata_path = self._kv_path(namespace_id, "metadata", key, account_id)
+
+        @contextlib.contextmanager
+        def multipart() -> Iterator[tuple[IO[bytes], str]]:
+            from requests_toolbelt import MultipartEncoder
+
+            encoder = MultipartEncoder(fields=fields)
+            yield encoder, encoder.content_type
+
+        def recover() -> dict[str, Any] | None:
+            # Single attempts (no retries of their own): they run inside the write's retry budget.
+            try:
+                stored = self._send("GET", path, raw=True)
+                stored_metadata = self._send("GET", metadata_path)
+            except AttemptFailed as failed:
+                if isinstance(failed.error, CloudflarePermanentAPIError) and kv_key_missing(failed.error):
+                    return None
+                raise
+            if bytes(stored) == body and stored_metadata == expected_metadata:
+                self.log.info("KV key %s was written by an earlier attempt; not writing it again", key)
+                return {}
+            return None
+
+        self._request("PUT", path, upload=multipart, recover=recover)
+
+    def _kv_path(self, namespace_id: str, kind: str, key: str, account_id: str | None) -> str:
+        namespace_id, key = _required("namespace_id", namespace_id), _required("key", key)
+        if len(key.encode()) > _KV_KEY_MAX or key in (".", ".."):
+            raise CloudflareInputError(f"key must be at most {_KV_KEY_MAX} bytes and not '.' or '..', got {key!r}")
+        return (
+            f"{self._account(account_id)}/storage/kv/namespaces/{quote(namespace_id, safe='')}/{kind}/"
+            f"{quote(key, safe='')}"
+        )
+
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+
+_KV_METADATA_MAX = 1024
+_KV_KEY_MAX = 512
 
 
 def _required(name: str, value: Any) -> str:
