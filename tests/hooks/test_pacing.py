@@ -1,6 +1,6 @@
 """Rate-limit headers and the pacing gates, on a fake clock (no sleeping, no HTTP).
 
-The rule is ``policy.py`` section 6; tests/hooks/test_pacing_simulation.py checks its claim over
+The rule is ``hooks/_pacing_rules.py``; tests/hooks/test_pacing_simulation.py checks its claim over
 random interleavings, these check each behaviour on its own.
 """
 
@@ -14,8 +14,16 @@ from typing import Any
 import pytest
 
 from airflow_provider_cfai.exceptions import CloudflareConfigError
-from airflow_provider_cfai.hooks._pacing import MemoryStore, RateLimitGate, Ticket, parse_ratelimit, parse_retry_after
-from airflow_provider_cfai.policy import LEASE_MAX, STALE_AFTER, WindowState, parse_ratelimit_policy
+from airflow_provider_cfai.hooks._pacing_gate import RateLimitGate, Ticket
+from airflow_provider_cfai.hooks._pacing_rules import (
+    CLAIM_MARGIN,
+    LEASE_MAX,
+    WindowState,
+    parse_ratelimit,
+    parse_ratelimit_policy,
+)
+from airflow_provider_cfai.hooks._pacing_store import MemoryStore
+from airflow_provider_cfai.policy import parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -183,36 +191,107 @@ def test_more_sharers_than_the_limit_is_a_configuration_error() -> None:
         gate.acquire(clock.sleep)
 
 
-def test_a_dead_holders_slots_count_for_a_window_after_its_death_is_seen() -> None:
+def test_a_dead_holders_slots_count_until_a_window_after_its_claim_would_have_lapsed() -> None:
     clock = FakeClock()
     dead: set[str] = set()
     store = MemoryStore(clock, alive=lambda holder: holder not in dead)
-    crashed, survivor = gate_on(clock, store), gate_on(clock, store)
+    crashed, survivor = gate_on(clock, store, request_timeout=3), gate_on(clock, store)
     survivor.release(survivor.acquire(clock.sleep), headers(1, 10, limit=2, window=10))  # answered at 100
-    crashed.acquire(clock.sleep)  # counted, never answered: the process dies
+    crashed.acquire(clock.sleep)  # its claim lapses at 100 + 3 + CLAIM_MARGIN = 105
     clock.now = 104.0
-    dead.add(crashed.holder)
+    dead.add(crashed.holder)  # its death is seen at 104, its request may still be counted until 105
 
     survivor.acquire(clock.sleep)  # the quota of 2 frees when the first answer is 10 s old
 
     assert clock.now == pytest.approx(110.0)
     assert crashed.holder not in store.state.held
-    assert store.state.spent == [[104.0, 1]]  # the dead holder's slot, as of its death
+    assert store.state.spent == [[105.0, 1]]  # the dead holder's slot, as of its claim's lapse
 
 
-def test_a_silent_holder_on_another_host_is_reaped_after_stale_after() -> None:
+def test_a_holder_on_another_host_is_reaped_when_its_claim_lapses() -> None:
     clock = FakeClock()
-    store = MemoryStore(clock, alive=lambda holder: None)  # liveness cannot be checked
-    silent, other = gate_on(clock, store), gate_on(clock, store)
+    store = MemoryStore(clock, alive=lambda holder: None)  # liveness cannot be checked: another host
+    silent, other = gate_on(clock, store, request_timeout=10), gate_on(clock, store)
     other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
-    silent.acquire(clock.sleep)
+    silent.acquire(clock.sleep)  # at 100; never heard of again
+    assert store.state.held[silent.holder] == [1, 100.0 + 10 + CLAIM_MARGIN]
 
-    clock.now += STALE_AFTER - 1
+    clock.now = 100.0 + 10 + CLAIM_MARGIN - 0.01
     other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
     assert silent.holder in store.state.held
-    clock.now += 2
+    clock.now += 0.01
     other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
     assert silent.holder not in store.state.held
+    assert store.state.spent[-1] == [clock.now, 2]  # other's answer, and the silent slot: counted for a window
+
+
+def test_a_holder_of_this_host_that_still_runs_keeps_its_claim_past_the_lapse() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock, alive=lambda holder: True)  # its pid says it runs (a stuck process)
+    stuck, other = gate_on(clock, store, request_timeout=1), gate_on(clock, store)
+    other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
+    stuck.acquire(clock.sleep)
+
+    clock.now += 60
+    other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
+
+    assert store.state.held[stuck.holder][0] == 1  # held, so counted: its request may still be on its way
+
+
+def test_a_living_slow_request_keeps_its_claim_by_renewing_it() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock, alive=lambda holder: None)
+    slow, other = gate_on(clock, store, request_timeout=10), gate_on(clock, store)
+    other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
+    slow.acquire(clock.sleep)  # a long upload: claim until 112
+    for _ in range(5):
+        clock.now += 8
+        slow.renew()  # what its timer does while the request is in flight
+
+    other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))  # at 140
+
+    assert store.state.held[slow.holder] == [1, 140.0 + 10 + CLAIM_MARGIN]
+
+
+def test_the_first_request_of_a_vanished_holder_stalls_the_others_only_until_its_claim_lapses() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock, alive=lambda holder: None)
+    vanished, waiting, third = (gate_on(clock, store, request_timeout=10) for _ in range(3))
+    vanished.acquire(clock.sleep)  # blind: the limit is unknown, and this pod is killed mid-request
+
+    ticket = waiting.acquire(clock.sleep)
+
+    assert 100.0 + 10 + CLAIM_MARGIN <= clock.now <= 100.0 + 10 + CLAIM_MARGIN + 0.1
+    assert not isinstance(third.try_acquire(), Ticket)  # the next one goes alone, blind again
+    waiting.release(ticket, headers(9, 2, limit=10, window=2))
+    assert isinstance(third.try_acquire(), Ticket)
+
+
+def test_a_leased_slot_is_used_only_within_the_margin_of_the_claims_last_renewal() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    trips = 0
+    transact = store.transact
+
+    def counting(update: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return transact(update)
+
+    store.transact = counting  # type: ignore[method-assign]
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(10**6, 60, limit=10**6 + 1, window=60))
+    gate.acquire(clock.sleep)  # a lease of LEASE_MAX slots
+    before = trips
+    clock.now += CLAIM_MARGIN
+    assert isinstance(gate.try_acquire(), Ticket)
+    assert trips == before  # within the margin: from the lease
+
+    clock.now += 0.01
+    assert isinstance(gate.try_acquire(), Ticket)
+
+    assert trips == before + 1  # past it: the claim is renewed before the slot is used
+    assert store.state.held[gate.holder][1] == clock.now + gate.claim
 
 
 def test_a_server_without_ratelimit_headers_is_not_paced() -> None:
@@ -269,9 +348,9 @@ def test_a_gate_gives_back_unused_slots_when_it_closes() -> None:
 
 
 def test_an_idle_process_gives_its_lease_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_provider_cfai.hooks import _pacing
+    from airflow_provider_cfai.hooks import _pacing_gate
 
-    monkeypatch.setattr(_pacing, "LEASE_IDLE", 0.05)
+    monkeypatch.setattr(_pacing_gate, "LEASE_IDLE", 0.05)
     store = MemoryStore()
     gate = RateLimitGate(store)
     gate.release(gate.acquire(), headers(10**6, 60, limit=10**6 + 1, window=60))

@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import pytest
 
-from airflow_provider_cfai.hooks._pacing import MemoryStore, RateLimitGate, Ticket
+from airflow_provider_cfai.hooks._pacing_gate import RateLimitGate, Ticket
+from airflow_provider_cfai.hooks._pacing_store import MemoryStore
 
 
 class Server:

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from airflow_provider_cfai.exceptions import CloudflareConfigError
-from airflow_provider_cfai.hooks._pacing import RateLimitGate, Ticket, gate_for, gate_for_settings
-from airflow_provider_cfai.hooks._redis_gate import RedisGate, RedisStore, redacted
+from airflow_provider_cfai.hooks._pacing import gate_for, gate_for_settings
+from airflow_provider_cfai.hooks._pacing_gate import RateLimitGate, Ticket
+from airflow_provider_cfai.hooks._pacing_redis import RedisGate, RedisStore, redacted
 
 POLICY = {"Ratelimit": '"default";r=3;t=60', "Ratelimit-Policy": '"default";q=4;w=60'}
 

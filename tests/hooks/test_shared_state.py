@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_cfai.hooks import _shared_state
-from airflow_provider_cfai.hooks._pacing import MemoryStore, RateLimitGate, Ticket
-from airflow_provider_cfai.hooks._shared_state import FileStore, host_store
+from airflow_provider_cfai.hooks import _host
+from airflow_provider_cfai.hooks._pacing_file import FileStore, host_store
+from airflow_provider_cfai.hooks._pacing_gate import RateLimitGate, Ticket
+from airflow_provider_cfai.hooks._pacing_store import MemoryStore
 
 POLICY = {"Ratelimit": '"default";r=9;t=60', "Ratelimit-Policy": '"default";q=10;w=60'}
 
@@ -127,7 +128,7 @@ def test_a_directory_other_users_can_write_to_is_not_used(
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    monkeypatch.setenv(_shared_state.STATE_DIR_ENV, str(shared))
+    monkeypatch.setenv(_host.STATE_DIR_ENV, str(shared))
 
     with caplog.at_level(logging.WARNING):
         store = host_store("abc")
@@ -142,7 +143,7 @@ def test_the_state_file_is_private_and_holds_no_secret(make_hook: Any, emulator:
     hook.list_finetunes()
     hook.list_finetunes()
 
-    directory = Path(os.environ[_shared_state.STATE_DIR_ENV])
+    directory = Path(os.environ[_host.STATE_DIR_ENV])
     (path,) = directory.iterdir()
     text = path.read_text()
     assert emulator.token not in text
