@@ -58,10 +58,16 @@ def redacted(url: str) -> str:
 
 
 class RedisStore:
-    """One token's state under one Redis key."""
+    """One token's state under one Redis key.
 
-    def __init__(self, url: str, key: str, *, timeout: float = _TIMEOUT) -> None:
+    :param clock: read instead of Redis's ``TIME`` (tests on a fake clock); ``None``: Redis's own.
+    """
+
+    def __init__(
+        self, url: str, key: str, *, timeout: float = _TIMEOUT, clock: Callable[[], float] | None = None
+    ) -> None:
         self.url = url
+        self._clock = clock
         self.key = _KEY_PREFIX + key
         self.description = f"Redis at {redacted(url)}"
         self._timeout = timeout
@@ -90,7 +96,7 @@ class RedisStore:
                         raw = pipe.get(self.key)
                         seconds, micros = pipe.time()
                         state = _decode(raw)
-                        now = seconds + micros / 1_000_000
+                        now = seconds + micros / 1_000_000 if self._clock is None else self._clock()
                         result = update(state, now)
                         pipe.multi()
                         pipe.set(self.key, _dumps(state), px=_keep_for(state, now))

@@ -143,3 +143,29 @@ def test_redis_is_imported_only_when_configured() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("extra", [{"redis_url": "redis://127.0.0.1:1/0"}, {"redis_conn_id": "rate_redis"}])
+def test_redis_without_redis_py_is_a_config_error_naming_the_extra_to_install(
+    make_hook: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch, extra: dict[str, str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # what `import redis` does where redis-py is missing
+    hook = make_hook(conn_id="cfai_needs_redis", **extra)
+
+    with pytest.raises(CloudflareConfigError) as raised:
+        hook.list_finetunes()
+
+    assert "'cfai_needs_redis'" in str(raised.value)
+    assert "pip install 'airflow-provider-cfai[redis]'" in str(raised.value)
+    assert emulator.state()["requests"] == []  # failed before any API call
+
+
+def test_a_redis_conn_id_that_does_not_exist_names_the_cloudflare_connection_and_the_fix(make_hook: Any) -> None:
+    hook = make_hook(conn_id="cfai_with_redis", redis_conn_id="no_such_redis")
+
+    with pytest.raises(CloudflareConfigError) as raised:
+        hook.list_finetunes()
+
+    message = str(raised.value)
+    assert "Connection 'cfai_with_redis' sets extra 'redis_conn_id' to 'no_such_redis'" in message
+    assert "airflow connections add no_such_redis --conn-type redis" in message
