@@ -315,7 +315,7 @@ def renew(state: WindowState, now: float, *, holder: str, claim: float) -> None:
     """Push ``holder``'s claim to ``now + claim`` (a holder that holds nothing has no claim)."""
     entry = state.held.get(holder)
     if entry is not None:
-        entry[1] = max(entry[1], now + claim)
+        entry[1] = now + claim
 
 
 def record_answer(state: WindowState, answer: Answer) -> None:
@@ -391,5 +391,5 @@ def pace(
         lease = min(LEASE_MAX, quota // LEASE_MAX) if 2 * free >= quota else 0
         grant = min(free, max(want, lease))
     entry = state.held.setdefault(holder, [0, now + claim])
-    entry[0], entry[1] = int(entry[0]) + grant, max(entry[1], now + claim)
+    entry[0], entry[1] = int(entry[0]) + grant, now + claim
     return PacingDecision(slots=grant, epoch=state.epoch)

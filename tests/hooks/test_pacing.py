@@ -446,3 +446,18 @@ def test_a_waiter_cancelled_mid_trip_leaves_its_grant_to_the_next_request() -> N
     assert ticket.gate is gate
     assert store.state.slots_held() == 1  # the abandoned grant was used, not leaked beside a new one
     assert gate._waiting == 0
+
+
+def test_a_request_in_flight_renews_its_claim_on_a_timer() -> None:
+    store = MemoryStore()
+    gate = RateLimitGate(store, request_timeout=0.01)  # a claim of 2.01 s, renewed every 0.67 s
+    gate.release(gate.acquire(), headers(9, 60, limit=10, window=60))
+    gate.acquire()  # in flight, never answered during this test
+    first = store.state.held[gate.holder][1]
+
+    deadline = time.monotonic() + 10
+    while store.state.held[gate.holder][1] == first and time.monotonic() < deadline:
+        time.sleep(0.01)  # the gate's timer thread renews it; nothing else touches the gate
+
+    assert store.state.held[gate.holder][1] > first
+    assert store.state.held[gate.holder][0] == 1

@@ -169,3 +169,14 @@ def test_a_redis_conn_id_that_does_not_exist_names_the_cloudflare_connection_and
     message = str(raised.value)
     assert "Connection 'cfai_with_redis' sets extra 'redis_conn_id' to 'no_such_redis'" in message
     assert "airflow connections add no_such_redis --conn-type redis" in message
+
+
+def test_the_redis_key_outlives_every_claim_in_it(redis_url: str) -> None:
+    import redis
+
+    gate = RateLimitGate(RedisStore(redis_url, "digest"), request_timeout=100)
+    gate.release(gate.acquire(), POLICY)  # a window of 60 s
+    gate.acquire()  # a claim of 100 s + the margin, longer than the window
+
+    ttl = redis.Redis.from_url(redis_url).pttl("airflow-provider-cfai:ratelimit:digest")
+    assert ttl >= 100_000 + 60_000  # past the claim's lapse, and the window its slot then counts for

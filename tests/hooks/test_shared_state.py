@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,25 @@ def test_the_next_task_on_the_host_starts_from_what_the_last_one_learned(make_ho
     assert isinstance(gate, RateLimitGate)
     assert not isinstance(gate.try_acquire(), Ticket)  # the window is spent, and the file says so
     assert emulator.state()["rate_limited_responses"] == 0
+
+
+def test_a_holder_whose_pid_now_belongs_to_another_process_is_dead() -> None:
+    host, pid, started = _host.process_identity().split("|")
+    assert started  # this platform has /proc: start times are compared
+
+    assert _host.holder_alive(f"{host}|{pid}|{started}|1") is True
+    assert _host.holder_alive(f"{host}|{pid}|{int(started) - 1}|1") is False  # the pid was reused since
+    assert _host.holder_alive(f"another-host|{pid}|{started}|1") is None  # cannot be checked from here
+
+
+def test_a_holder_whose_pid_was_reused_is_reaped_from_the_host_state(tmp_path: Path) -> None:
+    path = tmp_path / "token.json"
+    host, pid, started = _host.process_identity().split("|")
+    reused = f"{host}|{pid}|{int(started) - 1}|1"  # a dead task whose pid this process now has
+    held = {reused: [3, time.monotonic() + 3600]}  # its claim would not lapse for an hour
+    state = {"limit": 4, "exact": True, "period": 60.0, "held": held}
+    path.write_text(json.dumps({"boot": _host.boot_id(), "state": state}))
+
+    assert isinstance(RateLimitGate(FileStore(path)).try_acquire(), Ticket)  # 3 of 4 were held by the dead one
+
+    assert reused not in stored(path)["held"]
