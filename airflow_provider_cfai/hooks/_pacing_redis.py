@@ -120,7 +120,7 @@ def _keep_for(state: WindowState, now: float) -> int:
     """Milliseconds the key outlives its last update: past every claim's lapse and every spent
     slot's window, twice over; then nothing in it matters and Redis forgets it."""
     last_spent = state.spent[-1][0] if state.spent else now
-    horizon = max(state.window, (state.last_lapse() or now) - now, last_spent + state.window - now)
+    horizon = max((state.last_lapse() or now) - now, last_spent - now, 0.0) + state.window
     return max(1000, int(2 * horizon * 1000))
 
 
