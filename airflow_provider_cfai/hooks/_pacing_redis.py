@@ -157,7 +157,9 @@ class RedisGate:
         primary: RateLimitGate | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.primary = primary if primary is not None else RateLimitGate(RedisStore(url, key))
+        if primary is None:
+            primary = RateLimitGate(RedisStore(url, key), request_timeout=fallback.request_timeout)
+        self.primary = primary
         self.fallback = fallback
         self._clock = clock
         self._down_until = float("-inf")
