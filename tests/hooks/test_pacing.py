@@ -461,3 +461,17 @@ def test_a_request_in_flight_renews_its_claim_on_a_timer() -> None:
 
     assert store.state.held[gate.holder][1] > first
     assert store.state.held[gate.holder][0] == 1
+
+
+def test_the_spent_list_stays_bounded_and_no_slot_counts_shorter() -> None:
+    from airflow_provider_cfai.hooks import _pacing_rules
+
+    state = WindowState(limit=10**6, exact=True, period=1000.0)
+    answers = [100.0 + i * 0.5 for i in range(1000)]
+    for at in answers:
+        _pacing_rules.settle(state, holder="h", answered=[at], unused=0)
+
+    assert len(state.spent) <= _pacing_rules._SPENT_ENTRIES
+    assert sum(n for _, n in state.spent) == len(answers)
+    kept = [until for until, n in state.spent for _ in range(int(n))]
+    assert all(k >= a for k, a in zip(kept, answers))  # merged into later times only

@@ -187,3 +187,41 @@ def test_a_holder_whose_pid_was_reused_is_reaped_from_the_host_state(tmp_path: P
     assert isinstance(RateLimitGate(FileStore(path)).try_acquire(), Ticket)  # 3 of 4 were held by the dead one
 
     assert reused not in stored(path)["held"]
+
+
+def test_a_zombie_holder_is_dead() -> None:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child exits at once and stays a zombie until waited for
+        os._exit(0)
+    try:
+        while Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z":
+            os.sched_yield()  # until the child has exited (its state is Z until reaped)
+        assert _host.holder_alive(f"{_host.process_identity().split('|')[0]}|{pid}||1") is False
+    finally:
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        ("a symlink", "is not a directory"),
+        ("another user's", "belongs to another user"),
+        ("group-writable", "writable by other users"),
+    ],
+)
+def test_a_state_directory_that_is_not_private_is_refused(tmp_path: Path, problem: str, message: str) -> None:
+    path = tmp_path / "state"
+    if problem == "a symlink":  # to a directory someone else may later swap
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        path.symlink_to(tmp_path / "elsewhere")
+    else:
+        path.mkdir(mode=0o700)
+        if problem == "group-writable":
+            path.chmod(0o770)
+        else:
+            if os.getuid() != 0:
+                pytest.skip("only root can give a directory to another user")
+            os.chown(path, 65534, 65534)
+
+    with pytest.raises(OSError, match=message):
+        _host.private_dir(path)
