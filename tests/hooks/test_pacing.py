@@ -474,4 +474,4 @@ def test_the_spent_list_stays_bounded_and_no_slot_counts_shorter() -> None:
     assert len(state.spent) <= _pacing_rules._SPENT_ENTRIES
     assert sum(n for _, n in state.spent) == len(answers)
     kept = [until for until, n in state.spent for _ in range(int(n))]
-    assert all(k >= a for k, a in zip(kept, answers))  # merged into later times only
+    assert all(k >= a for k, a in zip(kept, answers, strict=True))  # merged into later times only
