@@ -475,3 +475,81 @@ def test_the_spent_list_stays_bounded_and_no_slot_counts_shorter() -> None:
     assert sum(n for _, n in state.spent) == len(answers)
     kept = [until for until, n in state.spent for _ in range(int(n))]
     assert all(k >= a for k, a in zip(kept, answers, strict=True))  # merged into later times only
+
+
+def test_an_answer_saying_nothing_is_left_closes_the_shared_state_before_the_next_request() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(8, 60, limit=10, window=60))
+    first, second = gate.try_acquire(), gate.try_acquire()  # one slot each: the limit is near
+    assert isinstance(first, Ticket)
+    assert isinstance(second, Ticket)
+
+    gate.release(first, headers(0, 30, limit=10, window=60))  # while `second` is still in flight
+
+    assert store.state.closed  # every other process of the host sees it at once
+
+
+def test_a_lease_is_given_back_when_the_server_has_less_left_than_it_holds() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(10**6 - 1, 60, limit=10**6, window=60))
+    ticket = gate.acquire(clock.sleep)  # a lease of LEASE_MAX
+    assert store.state.held[gate.holder][0] == LEASE_MAX
+
+    gate.release(ticket, headers(2, 60, limit=10**6, window=60))  # someone else spent the window
+
+    assert gate.holder not in store.state.held
+
+
+def test_a_lease_sized_for_an_old_limit_is_not_used_after_the_limit_changed() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(10**6 - 1, 60, limit=10**6, window=60))
+    ticket = gate.acquire(clock.sleep)  # a lease of LEASE_MAX
+    gate.release(ticket, headers(10**6, 60, limit=5, window=60))  # the limit is 5 now (r says nothing)
+
+    sent = 0
+    while isinstance(ticket := gate.try_acquire(), Ticket):
+        gate.release(ticket, headers(10**6, 60, limit=5, window=60))
+        sent += 1
+
+    assert sent <= 5
+
+
+def test_a_ticket_issued_before_a_fork_is_not_settled_by_the_child() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(8, 60, limit=10, window=60))
+    parents = gate.acquire(clock.sleep)
+    spent = store.state.slots_spent(clock.now)
+
+    gate._reset()  # what a forked child does
+    gate.release(parents, headers(7, 60, limit=10, window=60))
+    gate.close()
+
+    assert store.state.slots_spent(clock.now) == spent  # the parent settles it, not the child
+
+
+def test_a_limit_estimated_below_the_sharers_is_one_slot_each_not_an_error() -> None:
+    clock = FakeClock()
+    gate = gate_on(clock, sharers=3)
+    gate.release(gate.acquire(clock.sleep), {"Ratelimit": '"default";r=1;t=10'})  # no policy: limit >= 2
+
+    gate.release(gate.acquire(clock.sleep), {"Ratelimit": '"default";r=1;t=10'})
+
+    assert clock.now == pytest.approx(400.0)  # one slot per window (the default 300 s: no policy said)
+
+
+def test_a_lease_beyond_demand_is_taken_only_while_half_the_quota_is_free() -> None:
+    from airflow_provider_cfai.hooks._pacing_rules import pace
+
+    state = WindowState(limit=64 * 20, exact=True, period=60.0, spent=[[100.0, 1000]])
+
+    decision = pace(state, 100.0, holder="h", claim=10.0, want=1)
+
+    assert decision.slots == 1  # 280 of 1280 free: one per request, not a lease of 20
