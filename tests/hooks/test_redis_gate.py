@@ -180,3 +180,21 @@ def test_the_redis_key_outlives_every_claim_in_it(redis_url: str) -> None:
 
     ttl = redis.Redis.from_url(redis_url).pttl("airflow-provider-cfai:ratelimit:digest")
     assert ttl >= 100_000 + 60_000  # past the claim's lapse, and the window its slot then counts for
+
+
+def test_a_redis_transaction_that_lost_a_race_decides_again_on_the_new_state(redis_url: str) -> None:
+    import redis
+
+    store = RedisStore(redis_url, "digest")
+    other = redis.Redis.from_url(redis_url)
+    seen: list[int | None] = []
+
+    def update(state: Any, now: float) -> int | None:
+        seen.append(state.limit)
+        if len(seen) == 1:  # another host writes the state between this one's read and its write
+            other.set("airflow-provider-cfai:ratelimit:digest", json.dumps({"limit": 7}))
+        return state.limit
+
+    assert store.transact(update) == 7
+    assert seen == [None, 7]
+    other.close()
