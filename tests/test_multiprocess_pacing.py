@@ -230,16 +230,21 @@ def test_a_pod_killed_mid_request_gives_its_slot_back_when_its_claim_lapses(
     run_pods(["pod-0"], pods_on_redis, tmp_path, 1)  # the limit is known
     counted = kill_mid_request(limited, pods_on_redis, tmp_path)
 
-    run_pods(["pod-1", "pod-2", "pod-3"], pods_on_redis, tmp_path, 25)  # past the lapse, at 9 per window
-
-    times = answered_after(limited, counted)
-    assert len(times) == 75
+    run_pods(["pod-1", "pod-2", "pod-3"], pods_on_redis, tmp_path, 15)  # while the claim lives: 9 per window
     lapse = counted + POD_TIMEOUT + CLAIM_MARGIN
-    before = [t for t in times if t < lapse - 0.5]
-    after = [t for t in times if t > lapse + WINDOW + 0.5]
-    print(f"\nbusiest window while the claim lived: {busiest(before, WINDOW)}, after: {busiest(after, WINDOW)}")
+    before = [t for t in answered_after(limited, counted) if t < lapse - 0.5]
     assert len(before) >= LIMIT
-    assert busiest(before, WINDOW) == LIMIT - 1  # the dead pod's request still counts
-    assert busiest(after, WINDOW) == LIMIT  # the full budget is back
+    assert busiest(before, WINDOW) <= LIMIT - 1  # the dead pod's request still counts
+
+    # The bound under test is a time: let it pass (the dead slot counts until lapse + one window).
+    time.sleep(max(0.0, lapse + WINDOW + 0.2 - time.time()))
+    since = time.time()
+    run_pods(["pod-4"], pods_on_redis, tmp_path, LIMIT)
+
+    fresh = answered_after(limited, since)
+    span = fresh[-1] - fresh[0]
+    print(f"\nbusiest window while the claim lived: {busiest(before, WINDOW)}; then {LIMIT} requests in {span:.2f} s")
+    assert len(fresh) == LIMIT
+    assert span < WINDOW  # the full budget in one window: the dead pod's slot is free again
     assert limited.state()["rate_limited_responses"] == 0
     assert limited.state()["lockouts"] == 0

@@ -43,7 +43,7 @@ one slot per sharer).
 Lemma: a slot that is reaped was counted, if at all, before the time it is recorded as spent. A
 request on a slot was handed to the transport at s <= R + CLAIM_MARGIN, R being the time its
 holder's claim was last renewed before s; so it was counted by s + timeout <= R + claim (P2), and
-the claim lapses no sooner than that. A slot is recorded as spent no sooner than its claim's lapse.
+the claim lapses no sooner than that. A reaped slot is recorded as spent as of its claim's lapse.
 
 Claim: one state's slots are counted at most ``quota`` times in any interval I = [a, a + W) of the
 server's clock, W being the window. Suppose more were, and let g be the latest time a lease was
@@ -298,15 +298,15 @@ def reap(state: WindowState, now: float, alive: Callable[[str], bool | None]) ->
     """Settle the slots of holders that are gone, as used: those whose claim lapsed, unless ``alive``
     says their process still runs, and those ``alive`` says are dead. Returns how many holders.
 
-    A slot is spent as of its claim's lapse, or now if later: its request was counted by then (the
-    lemma in the module's docstring), even if its holder's death was seen sooner.
+    A slot is spent as of its claim's lapse: its request was counted by then (the lemma in the
+    module's docstring), even if its holder's death was seen sooner, and however late the reaping.
     """
     reaped = 0
     for holder, (slots, lapses) in list(state.held.items()):
         verdict = alive(holder)
         if verdict is False or (verdict is None and now >= lapses):
             del state.held[holder]
-            _spend(state, [(max(now, lapses), int(slots))])
+            _spend(state, [(lapses, int(slots))])
             reaped += 1
     return reaped
 
