@@ -553,3 +553,18 @@ def test_a_lease_beyond_demand_is_taken_only_while_half_the_quota_is_free() -> N
     decision = pace(state, 100.0, holder="h", claim=10.0, want=1)
 
     assert decision.slots == 1  # 280 of 1280 free: one per request, not a lease of 20
+
+
+def test_the_answers_a_gate_keeps_between_trips_stay_bounded() -> None:
+    clock = FakeClock()
+    gate = gate_on(clock)
+    gate.release(gate.acquire(clock.sleep), headers(10**6, 60, limit=10**6 + 1, window=60))
+    gate._waiting = 5 * LEASE_MAX  # that many requests waiting: one lease for all of them
+    tickets = [gate.try_acquire() for _ in range(5 * LEASE_MAX)]
+    assert all(isinstance(t, Ticket) for t in tickets)
+
+    for n, ticket in enumerate(tickets):
+        assert isinstance(ticket, Ticket)
+        gate.release(ticket, headers(10**6 + n, 60, limit=10**6 + 1, window=60))  # each one news
+
+    assert len(gate._answers) <= 4 * LEASE_MAX
