@@ -54,7 +54,7 @@ def cloudflare_ai_emulator(
     The host's rate-limit state and model-catalog cache start empty too (a directory of the test's
     own), since the emulator's reset forgets the windows they describe.
     """
-    from airflow_provider_cfai.hooks._shared_state import STATE_DIR_ENV
+    from airflow_provider_cfai.hooks._host import STATE_DIR_ENV
 
     cloudflare_ai_emulator_server.reset(settings=True)
     point_connection_at(cloudflare_ai_emulator_server, monkeypatch)

@@ -96,9 +96,9 @@ def _fresh_rate_limit_gates(
 ) -> Iterator[None]:
     """Each test starts with no remembered rate-limit window: the gates are process-wide, and the
     host-wide state files live in a directory of the test's own (child processes inherit it)."""
-    from airflow_provider_cfai.hooks import _pacing, _shared_state
+    from airflow_provider_cfai.hooks import _host, _pacing
 
-    monkeypatch.setenv(_shared_state.STATE_DIR_ENV, str(tmp_path_factory.mktemp("rate-limit-state")))
+    monkeypatch.setenv(_host.STATE_DIR_ENV, str(tmp_path_factory.mktemp("rate-limit-state")))
     _pacing._GATES.clear()
     yield
     _pacing._GATES.clear()

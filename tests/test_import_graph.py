@@ -11,15 +11,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "airflow_provider_cfai"
 
-# Issue 18: the pacing trio is being rearranged into modules that import one way; drop this entry then.
-KNOWN_CIRCLES = [
-    {
-        "airflow_provider_cfai.hooks._pacing",
-        "airflow_provider_cfai.hooks._redis_gate",
-        "airflow_provider_cfai.hooks._shared_state",
-    }
-]
-
 
 def module_name(path: Path, package: Path) -> str:
     parts = list(path.relative_to(package.parent).with_suffix("").parts)
@@ -108,4 +99,4 @@ def test_the_package_has_no_import_circle() -> None:
     graph = import_graph(PACKAGE)
 
     assert "airflow_provider_cfai.emulator.state" in graph  # the walk really read the package
-    assert [group for group in circles(graph) if group not in KNOWN_CIRCLES] == []
+    assert circles(graph) == []

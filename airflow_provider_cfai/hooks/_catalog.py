@@ -237,9 +237,9 @@ class CatalogCache:
 
 
 def _host_directory() -> Path:
-    from airflow_provider_cfai.hooks._shared_state import _private_dir, state_dir
+    from airflow_provider_cfai.hooks._host import private_dir, state_dir
 
-    return _private_dir(state_dir())
+    return private_dir(state_dir())
 
 
 #: The cache the hook uses: in memory for this process, in a file for the host.

@@ -46,6 +46,7 @@ class ConnectionSettings:
     rate_limit_sharers: int = 1
     redis_url: str | None = field(default=None, repr=False)
     redis_conn_id: str | None = None
+    conn_id: str | None = None  # the Airflow connection these came from, for messages
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -101,6 +102,7 @@ def read_settings(conn: Connection, conn_id: str, conn_type: str, overrides: Map
         email=None if token else email,
         api_key=None if token else api_key,
         **_pacing_extras(name, extras),
+        conn_id=name,
     )
 
 

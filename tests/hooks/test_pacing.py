@@ -1,6 +1,6 @@
 """Rate-limit headers and the pacing gates, on a fake clock (no sleeping, no HTTP).
 
-The rule is ``policy.py`` section 6; tests/hooks/test_pacing_simulation.py checks its claim over
+The rule is ``hooks/_pacing_rules.py``; tests/hooks/test_pacing_simulation.py checks its claim over
 random interleavings, these check each behaviour on its own.
 """
 
@@ -14,8 +14,16 @@ from typing import Any
 import pytest
 
 from airflow_provider_cfai.exceptions import CloudflareConfigError
-from airflow_provider_cfai.hooks._pacing import MemoryStore, RateLimitGate, Ticket, parse_ratelimit, parse_retry_after
-from airflow_provider_cfai.policy import LEASE_MAX, STALE_AFTER, WindowState, parse_ratelimit_policy
+from airflow_provider_cfai.hooks._pacing_gate import RateLimitGate, Ticket
+from airflow_provider_cfai.hooks._pacing_rules import (
+    CLAIM_MARGIN,
+    LEASE_MAX,
+    WindowState,
+    parse_ratelimit,
+    parse_ratelimit_policy,
+)
+from airflow_provider_cfai.hooks._pacing_store import MemoryStore
+from airflow_provider_cfai.policy import parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -183,36 +191,107 @@ def test_more_sharers_than_the_limit_is_a_configuration_error() -> None:
         gate.acquire(clock.sleep)
 
 
-def test_a_dead_holders_slots_count_for_a_window_after_its_death_is_seen() -> None:
+def test_a_dead_holders_slots_count_until_a_window_after_its_claim_would_have_lapsed() -> None:
     clock = FakeClock()
     dead: set[str] = set()
     store = MemoryStore(clock, alive=lambda holder: holder not in dead)
-    crashed, survivor = gate_on(clock, store), gate_on(clock, store)
+    crashed, survivor = gate_on(clock, store, request_timeout=3), gate_on(clock, store)
     survivor.release(survivor.acquire(clock.sleep), headers(1, 10, limit=2, window=10))  # answered at 100
-    crashed.acquire(clock.sleep)  # counted, never answered: the process dies
+    crashed.acquire(clock.sleep)  # its claim lapses at 100 + 3 + CLAIM_MARGIN = 105
     clock.now = 104.0
-    dead.add(crashed.holder)
+    dead.add(crashed.holder)  # its death is seen at 104, its request may still be counted until 105
 
     survivor.acquire(clock.sleep)  # the quota of 2 frees when the first answer is 10 s old
 
     assert clock.now == pytest.approx(110.0)
     assert crashed.holder not in store.state.held
-    assert store.state.spent == [[104.0, 1]]  # the dead holder's slot, as of its death
+    assert store.state.spent == [[105.0, 1]]  # the dead holder's slot, as of its claim's lapse
 
 
-def test_a_silent_holder_on_another_host_is_reaped_after_stale_after() -> None:
+def test_a_holder_on_another_host_is_reaped_when_its_claim_lapses() -> None:
     clock = FakeClock()
-    store = MemoryStore(clock, alive=lambda holder: None)  # liveness cannot be checked
-    silent, other = gate_on(clock, store), gate_on(clock, store)
+    store = MemoryStore(clock, alive=lambda holder: None)  # liveness cannot be checked: another host
+    silent, other = gate_on(clock, store, request_timeout=10), gate_on(clock, store)
     other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
-    silent.acquire(clock.sleep)
+    silent.acquire(clock.sleep)  # at 100; never heard of again
+    assert store.state.held[silent.holder] == [1, 100.0 + 10 + CLAIM_MARGIN]
 
-    clock.now += STALE_AFTER - 1
+    clock.now = 100.0 + 10 + CLAIM_MARGIN - 0.01
     other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
     assert silent.holder in store.state.held
-    clock.now += 2
+    clock.now += 0.01
     other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
     assert silent.holder not in store.state.held
+    assert store.state.spent[-1] == [clock.now, 2]  # other's answer, and the silent slot: counted for a window
+
+
+def test_a_holder_of_this_host_that_still_runs_keeps_its_claim_past_the_lapse() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock, alive=lambda holder: True)  # its pid says it runs (a stuck process)
+    stuck, other = gate_on(clock, store, request_timeout=1), gate_on(clock, store)
+    other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
+    stuck.acquire(clock.sleep)
+
+    clock.now += 60
+    other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
+
+    assert store.state.held[stuck.holder][0] == 1  # held, so counted: its request may still be on its way
+
+
+def test_a_living_slow_request_keeps_its_claim_by_renewing_it() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock, alive=lambda holder: None)
+    slow, other = gate_on(clock, store, request_timeout=10), gate_on(clock, store)
+    other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))
+    slow.acquire(clock.sleep)  # a long upload: claim until 112
+    for _ in range(5):
+        clock.now += 8
+        slow.renew()  # what its timer does while the request is in flight
+
+    other.release(other.acquire(clock.sleep), headers(5, 10, limit=10, window=10))  # at 140
+
+    assert store.state.held[slow.holder] == [1, 140.0 + 10 + CLAIM_MARGIN]
+
+
+def test_the_first_request_of_a_vanished_holder_stalls_the_others_only_until_its_claim_lapses() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock, alive=lambda holder: None)
+    vanished, waiting, third = (gate_on(clock, store, request_timeout=10) for _ in range(3))
+    vanished.acquire(clock.sleep)  # blind: the limit is unknown, and this pod is killed mid-request
+
+    ticket = waiting.acquire(clock.sleep)
+
+    assert 100.0 + 10 + CLAIM_MARGIN <= clock.now <= 100.0 + 10 + CLAIM_MARGIN + 0.1
+    assert not isinstance(third.try_acquire(), Ticket)  # the next one goes alone, blind again
+    waiting.release(ticket, headers(9, 2, limit=10, window=2))
+    assert isinstance(third.try_acquire(), Ticket)
+
+
+def test_a_leased_slot_is_used_only_within_the_margin_of_the_claims_last_renewal() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    trips = 0
+    transact = store.transact
+
+    def counting(update: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return transact(update)
+
+    store.transact = counting  # type: ignore[method-assign]
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(10**6, 60, limit=10**6 + 1, window=60))
+    gate.acquire(clock.sleep)  # a lease of LEASE_MAX slots
+    before = trips
+    clock.now += CLAIM_MARGIN
+    assert isinstance(gate.try_acquire(), Ticket)
+    assert trips == before  # within the margin: from the lease
+
+    clock.now += 0.01
+    assert isinstance(gate.try_acquire(), Ticket)
+
+    assert trips == before + 1  # past it: the claim is renewed before the slot is used
+    assert store.state.held[gate.holder][1] == clock.now + gate.claim
 
 
 def test_a_server_without_ratelimit_headers_is_not_paced() -> None:
@@ -269,9 +348,9 @@ def test_a_gate_gives_back_unused_slots_when_it_closes() -> None:
 
 
 def test_an_idle_process_gives_its_lease_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_provider_cfai.hooks import _pacing
+    from airflow_provider_cfai.hooks import _pacing_gate
 
-    monkeypatch.setattr(_pacing, "LEASE_IDLE", 0.05)
+    monkeypatch.setattr(_pacing_gate, "LEASE_IDLE", 0.05)
     store = MemoryStore()
     gate = RateLimitGate(store)
     gate.release(gate.acquire(), headers(10**6, 60, limit=10**6 + 1, window=60))
@@ -367,3 +446,125 @@ def test_a_waiter_cancelled_mid_trip_leaves_its_grant_to_the_next_request() -> N
     assert ticket.gate is gate
     assert store.state.slots_held() == 1  # the abandoned grant was used, not leaked beside a new one
     assert gate._waiting == 0
+
+
+def test_a_request_in_flight_renews_its_claim_on_a_timer() -> None:
+    store = MemoryStore()
+    gate = RateLimitGate(store, request_timeout=0.01)  # a claim of 2.01 s, renewed every 0.67 s
+    gate.release(gate.acquire(), headers(9, 60, limit=10, window=60))
+    gate.acquire()  # in flight, never answered during this test
+    first = store.state.held[gate.holder][1]
+
+    deadline = time.monotonic() + 10
+    while store.state.held[gate.holder][1] == first and time.monotonic() < deadline:
+        time.sleep(0.01)  # the gate's timer thread renews it; nothing else touches the gate
+
+    assert store.state.held[gate.holder][1] > first
+    assert store.state.held[gate.holder][0] == 1
+
+
+def test_the_spent_list_stays_bounded_and_no_slot_counts_shorter() -> None:
+    from airflow_provider_cfai.hooks import _pacing_rules
+
+    state = WindowState(limit=10**6, exact=True, period=1000.0)
+    answers = [100.0 + i * 0.5 for i in range(1000)]
+    for at in answers:
+        _pacing_rules.settle(state, holder="h", answered=[at], unused=0)
+
+    assert len(state.spent) <= _pacing_rules._SPENT_ENTRIES
+    assert sum(n for _, n in state.spent) == len(answers)
+    kept = [until for until, n in state.spent for _ in range(int(n))]
+    assert all(k >= a for k, a in zip(kept, answers, strict=True))  # merged into later times only
+
+
+def test_an_answer_saying_nothing_is_left_closes_the_shared_state_before_the_next_request() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(8, 60, limit=10, window=60))
+    first, second = gate.try_acquire(), gate.try_acquire()  # one slot each: the limit is near
+    assert isinstance(first, Ticket)
+    assert isinstance(second, Ticket)
+
+    gate.release(first, headers(0, 30, limit=10, window=60))  # while `second` is still in flight
+
+    assert store.state.closed  # every other process of the host sees it at once
+
+
+def test_a_lease_is_given_back_when_the_server_has_less_left_than_it_holds() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(10**6 - 1, 60, limit=10**6, window=60))
+    ticket = gate.acquire(clock.sleep)  # a lease of LEASE_MAX
+    assert store.state.held[gate.holder][0] == LEASE_MAX
+
+    gate.release(ticket, headers(2, 60, limit=10**6, window=60))  # someone else spent the window
+
+    assert gate.holder not in store.state.held
+
+
+def test_a_lease_sized_for_an_old_limit_is_not_used_after_the_limit_changed() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(10**6 - 1, 60, limit=10**6, window=60))
+    ticket = gate.acquire(clock.sleep)  # a lease of LEASE_MAX
+    gate.release(ticket, headers(10**6, 60, limit=5, window=60))  # the limit is 5 now (r says nothing)
+
+    sent = 0
+    while isinstance(ticket := gate.try_acquire(), Ticket):
+        gate.release(ticket, headers(10**6, 60, limit=5, window=60))
+        sent += 1
+
+    assert sent <= 5
+
+
+def test_a_ticket_issued_before_a_fork_is_not_settled_by_the_child() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    gate = gate_on(clock, store)
+    gate.release(gate.acquire(clock.sleep), headers(8, 60, limit=10, window=60))
+    parents = gate.acquire(clock.sleep)
+    spent = store.state.slots_spent(clock.now)
+
+    gate._reset()  # what a forked child does
+    gate.release(parents, headers(7, 60, limit=10, window=60))
+    gate.close()
+
+    assert store.state.slots_spent(clock.now) == spent  # the parent settles it, not the child
+
+
+def test_a_limit_estimated_below_the_sharers_is_one_slot_each_not_an_error() -> None:
+    clock = FakeClock()
+    gate = gate_on(clock, sharers=3)
+    gate.release(gate.acquire(clock.sleep), {"Ratelimit": '"default";r=1;t=10'})  # no policy: limit >= 2
+
+    gate.release(gate.acquire(clock.sleep), {"Ratelimit": '"default";r=1;t=10'})
+
+    assert clock.now == pytest.approx(400.0)  # one slot per window (the default 300 s: no policy said)
+
+
+def test_a_lease_beyond_demand_is_taken_only_while_half_the_quota_is_free() -> None:
+    from airflow_provider_cfai.hooks._pacing_rules import pace
+
+    state = WindowState(limit=64 * 20, exact=True, period=60.0, spent=[[100.0, 1000]])
+
+    decision = pace(state, 100.0, holder="h", claim=10.0, want=1)
+
+    assert decision.slots == 1  # 280 of 1280 free: one per request, not a lease of 20
+
+
+def test_the_answers_a_gate_keeps_between_trips_stay_bounded() -> None:
+    clock = FakeClock()
+    gate = gate_on(clock)
+    gate.release(gate.acquire(clock.sleep), headers(10**6, 60, limit=10**6 + 1, window=60))
+    gate._waiting = 5 * LEASE_MAX  # that many requests waiting: one lease for all of them
+    tickets = [gate.try_acquire() for _ in range(5 * LEASE_MAX)]
+    assert all(isinstance(t, Ticket) for t in tickets)
+
+    for n, ticket in enumerate(tickets):
+        assert isinstance(ticket, Ticket)
+        gate.release(ticket, headers(10**6 + n, 60, limit=10**6 + 1, window=60))  # each one news
+
+    assert len(gate._answers) <= 4 * LEASE_MAX

@@ -5,8 +5,12 @@ process has one gate and a few concurrent clients. The simulated server counts r
 emulator does (a window starts at the first request after the last one ended) and answers with
 ``Ratelimit`` and ``Ratelimit-Policy``. Latencies are random and sometimes longer than the window,
 so answers cross window boundaries; answers get lost after the request was counted; processes crash
-holding slots. The assertion is the claim proved in ``policy.py`` section 6: no interval as long as
-the window ever sees more than the limit — hence no 429 and no lockout — and every request goes out.
+holding slots, on any host. A crashed process's request may still arrive and be counted after its
+death (within the request timeout, premise P2). Where the state is shared by hosts (Redis), or a
+host cannot check pids, no one sees a crash: the dead holder's claim lapses. Living processes renew
+their claims while a request is in flight. The assertion is the claim proved in
+``hooks/_pacing_rules.py``: no interval as long as the window ever sees more than the limit — hence
+no 429 and no lockout — and every surviving process's requests go out.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from collections.abc import Callable
 
 import pytest
 
-from airflow_provider_cfai.hooks._pacing import MemoryStore, RateLimitGate, Ticket
+from airflow_provider_cfai.hooks._pacing_gate import RateLimitGate, Ticket
+from airflow_provider_cfai.hooks._pacing_store import MemoryStore
 
 
 class Server:
@@ -97,6 +102,7 @@ class Scenario:
     send_policy: bool
     crash_rate: float
     loss_rate: float
+    pid_checks: bool = True  # a host's store can tell its dead processes (not across hosts)
 
 
 def run(scenario: Scenario) -> tuple[Server, int, int]:
@@ -107,15 +113,19 @@ def run(scenario: Scenario) -> tuple[Server, int, int]:
     processes: list[Process] = []
 
     def alive(holder: str) -> bool | None:
+        if scenario.shared_state or not scenario.pid_checks:
+            return None  # another host's holder, or no pids to check: only its claim's lapse tells
         return next((p.alive for p in processes if p.gate.holder == holder), None)
 
     shared = MemoryStore(sim.clock, alive)
     stores = [shared if scenario.shared_state else MemoryStore(sim.clock, alive) for _ in range(scenario.hosts)]
     sent = 0
 
+    timeout = 1.5 * scenario.window  # no request is on its way longer (P2)
+
     def latency() -> float:
         # Mostly quick; sometimes slower than the window itself, so answers land in a later window.
-        return rng.expovariate(20) if rng.random() < 0.8 else rng.uniform(0, 1.5 * scenario.window)
+        return min(rng.expovariate(20), timeout) if rng.random() < 0.8 else rng.uniform(0, timeout)
 
     def client(process: Process, left: int) -> None:
         if not process.alive or left == 0:
@@ -133,9 +143,9 @@ def run(scenario: Scenario) -> tuple[Server, int, int]:
         lost = rng.random() < scenario.loss_rate
 
         def arrive() -> None:
+            headers = server.receive(sim.now)  # counted even if its sender died on the way (P2)
             if not process.alive:
-                return  # (P2): a request of a process that is gone is never counted afterwards
-            headers = server.receive(sim.now)
+                return
             if process is not processes[0] and rng.random() < scenario.crash_rate / 4:
                 process.alive = False  # dies after its request was counted, before the answer came
                 return
@@ -149,13 +159,26 @@ def run(scenario: Scenario) -> tuple[Server, int, int]:
 
         sim.at(latency(), arrive)
 
+    def keep_claim(process: Process) -> None:
+        """What the gate's timer does: renew the claim while a request is in flight."""
+        if not process.alive or (process.owed == 0 and not process.gate._in_flight):
+            return
+        if process.gate._in_flight:
+            process.gate.renew()
+        sim.at(process.gate.claim / 3, lambda: keep_claim(process))
+
     for host in range(scenario.hosts):
         for _ in range(scenario.processes):
             gate = RateLimitGate(
-                stores[host], sharers=scenario.sharers, clock=sim.clock, poll=rng.choice((0.01, 0.05, 0.2))
+                stores[host],
+                sharers=scenario.sharers,
+                clock=sim.clock,
+                poll=rng.choice((0.01, 0.05, 0.2)),
+                request_timeout=timeout,
             )
             process = Process(gate)
             processes.append(process)
+            sim.at(gate.claim / 3, lambda p=process: keep_claim(p))
             for _ in range(scenario.clients):
                 process.owed += scenario.requests
                 sim.at(rng.uniform(0, scenario.window), lambda p=process: client(p, scenario.requests))
@@ -193,6 +216,7 @@ def scenarios(count: int, *, seed: int) -> list[Scenario]:
                 send_policy=rng.random() < 0.85,
                 crash_rate=rng.choice((0.0, 0.0, 0.3)),
                 loss_rate=rng.choice((0.0, 0.05)),
+                pid_checks=rng.random() < 0.5,
             )
         )
     return out

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from airflow_provider_cfai.exceptions import CloudflareConfigError
-from airflow_provider_cfai.hooks._pacing import RateLimitGate, Ticket, gate_for, gate_for_settings
-from airflow_provider_cfai.hooks._redis_gate import RedisGate, RedisStore
+from airflow_provider_cfai.hooks._pacing import gate_for, gate_for_settings
+from airflow_provider_cfai.hooks._pacing_gate import RateLimitGate, Ticket
+from airflow_provider_cfai.hooks._pacing_redis import RedisGate, RedisStore
 
 POLICY = {"Ratelimit": '"default";r=3;t=60', "Ratelimit-Policy": '"default";q=4;w=60'}
 
@@ -137,3 +138,58 @@ def test_redis_is_imported_only_when_configured() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("extra", [{"redis_url": "redis://127.0.0.1:1/0"}, {"redis_conn_id": "rate_redis"}])
+def test_redis_without_redis_py_is_a_config_error_naming_the_extra_to_install(
+    make_hook: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch, extra: dict[str, str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # what `import redis` does where redis-py is missing
+    hook = make_hook(conn_id="cfai_needs_redis", **extra)
+
+    with pytest.raises(CloudflareConfigError) as raised:
+        hook.list_finetunes()
+
+    assert "'cfai_needs_redis'" in str(raised.value)
+    assert "pip install 'airflow-provider-cfai[redis]'" in str(raised.value)
+    assert emulator.state()["requests"] == []  # failed before any API call
+
+
+def test_a_redis_conn_id_that_does_not_exist_names_the_cloudflare_connection_and_the_fix(make_hook: Any) -> None:
+    hook = make_hook(conn_id="cfai_with_redis", redis_conn_id="no_such_redis")
+
+    with pytest.raises(CloudflareConfigError) as raised:
+        hook.list_finetunes()
+
+    message = str(raised.value)
+    assert "Connection 'cfai_with_redis' sets extra 'redis_conn_id' to 'no_such_redis'" in message
+    assert "airflow connections add no_such_redis --conn-type redis" in message
+
+
+def test_the_redis_key_outlives_every_claim_in_it(redis_url: str) -> None:
+    import redis
+
+    gate = RateLimitGate(RedisStore(redis_url, "digest"), request_timeout=100)
+    gate.release(gate.acquire(), POLICY)  # a window of 60 s
+    gate.acquire()  # a claim of 100 s + the margin, longer than the window
+
+    ttl = redis.Redis.from_url(redis_url).pttl("airflow-provider-cfai:ratelimit:digest")
+    assert ttl >= 100_000 + 60_000  # past the claim's lapse, and the window its slot then counts for
+
+
+def test_a_redis_transaction_that_lost_a_race_decides_again_on_the_new_state(redis_url: str) -> None:
+    import redis
+
+    store = RedisStore(redis_url, "digest")
+    other = redis.Redis.from_url(redis_url)
+    seen: list[int | None] = []
+
+    def update(state: Any, now: float) -> int | None:
+        seen.append(state.limit)
+        if len(seen) == 1:  # another host writes the state between this one's read and its write
+            other.set("airflow-provider-cfai:ratelimit:digest", json.dumps({"limit": 7}))
+        return state.limit
+
+    assert store.transact(update) == 7
+    assert seen == [None, 7]
+    other.close()

@@ -6,14 +6,16 @@ import json
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from airflow_provider_cfai.hooks import _shared_state
-from airflow_provider_cfai.hooks._pacing import MemoryStore, RateLimitGate, Ticket
-from airflow_provider_cfai.hooks._shared_state import FileStore, host_store
+from airflow_provider_cfai.hooks import _host
+from airflow_provider_cfai.hooks._pacing_file import FileStore, host_store
+from airflow_provider_cfai.hooks._pacing_gate import RateLimitGate, Ticket
+from airflow_provider_cfai.hooks._pacing_store import MemoryStore
 
 POLICY = {"Ratelimit": '"default";r=9;t=60', "Ratelimit-Policy": '"default";q=10;w=60'}
 
@@ -127,7 +129,7 @@ def test_a_directory_other_users_can_write_to_is_not_used(
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    monkeypatch.setenv(_shared_state.STATE_DIR_ENV, str(shared))
+    monkeypatch.setenv(_host.STATE_DIR_ENV, str(shared))
 
     with caplog.at_level(logging.WARNING):
         store = host_store("abc")
@@ -142,7 +144,7 @@ def test_the_state_file_is_private_and_holds_no_secret(make_hook: Any, emulator:
     hook.list_finetunes()
     hook.list_finetunes()
 
-    directory = Path(os.environ[_shared_state.STATE_DIR_ENV])
+    directory = Path(os.environ[_host.STATE_DIR_ENV])
     (path,) = directory.iterdir()
     text = path.read_text()
     assert emulator.token not in text
@@ -163,3 +165,63 @@ def test_the_next_task_on_the_host_starts_from_what_the_last_one_learned(make_ho
     assert isinstance(gate, RateLimitGate)
     assert not isinstance(gate.try_acquire(), Ticket)  # the window is spent, and the file says so
     assert emulator.state()["rate_limited_responses"] == 0
+
+
+def test_a_holder_whose_pid_now_belongs_to_another_process_is_dead() -> None:
+    host, pid, started = _host.process_identity().split("|")
+    assert started  # this platform has /proc: start times are compared
+
+    assert _host.holder_alive(f"{host}|{pid}|{started}|1") is True
+    assert _host.holder_alive(f"{host}|{pid}|{int(started) - 1}|1") is False  # the pid was reused since
+    assert _host.holder_alive(f"another-host|{pid}|{started}|1") is None  # cannot be checked from here
+
+
+def test_a_holder_whose_pid_was_reused_is_reaped_from_the_host_state(tmp_path: Path) -> None:
+    path = tmp_path / "token.json"
+    host, pid, started = _host.process_identity().split("|")
+    reused = f"{host}|{pid}|{int(started) - 1}|1"  # a dead task whose pid this process now has
+    held = {reused: [3, time.monotonic() + 3600]}  # its claim would not lapse for an hour
+    state = {"limit": 4, "exact": True, "period": 60.0, "held": held}
+    path.write_text(json.dumps({"boot": _host.boot_id(), "state": state}))
+
+    assert isinstance(RateLimitGate(FileStore(path)).try_acquire(), Ticket)  # 3 of 4 were held by the dead one
+
+    assert reused not in stored(path)["held"]
+
+
+def test_a_zombie_holder_is_dead() -> None:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child exits at once and stays a zombie until waited for
+        os._exit(0)
+    try:
+        while Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z":
+            os.sched_yield()  # until the child has exited (its state is Z until reaped)
+        assert _host.holder_alive(f"{_host.process_identity().split('|')[0]}|{pid}||1") is False
+    finally:
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        ("a symlink", "is not a directory"),
+        ("another user's", "belongs to another user"),
+        ("group-writable", "writable by other users"),
+    ],
+)
+def test_a_state_directory_that_is_not_private_is_refused(tmp_path: Path, problem: str, message: str) -> None:
+    path = tmp_path / "state"
+    if problem == "a symlink":  # to a directory someone else may later swap
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        path.symlink_to(tmp_path / "elsewhere")
+    else:
+        path.mkdir(mode=0o700)
+        if problem == "group-writable":
+            path.chmod(0o770)
+        else:
+            if os.getuid() != 0:
+                pytest.skip("only root can give a directory to another user")
+            os.chown(path, 65534, 65534)
+
+    with pytest.raises(OSError, match=message):
+        _host.private_dir(path)

@@ -6,110 +6,33 @@ directory named by ``$CFAI_RATE_LIMIT_DIR``): slot counts, times and process ids
 the file name is a SHA-256 digest of the base URL and the credential.
 
 Each holder is named ``host|pid|process start time|gate``. A holder of this host whose process is
-gone (or whose pid now belongs to a younger process) is reaped on the next transaction. Times are
+gone (or whose pid now belongs to a younger process) is reaped on the next transaction; any other
+holder (a container sharing the directory under another host name) when its claim lapses. Times are
 ``time.monotonic()``, one clock for the whole host; a state written before the last boot is dropped.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-import socket
-import stat
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from airflow_provider_cfai.policy import WindowState
+from airflow_provider_cfai.hooks._host import STATE_DIR_ENV, boot_id, holder_alive, private_dir, state_dir
+from airflow_provider_cfai.hooks._pacing_rules import WindowState
+from airflow_provider_cfai.hooks._pacing_store import MemoryStore, StateStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
-    from airflow_provider_cfai.hooks._pacing import StateStore
-
-__all__ = ["STATE_DIR_ENV", "FileStore", "host_store", "process_identity", "state_dir"]
+__all__ = ["FileStore", "host_store"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-#: Environment variable naming the directory for the state files (tests point it at a temp dir).
-STATE_DIR_ENV = "CFAI_RATE_LIMIT_DIR"
-
-
-@functools.lru_cache(maxsize=1)
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-_HAS_PROC = os.path.exists("/proc/self/stat")
-
-
-def _start_time(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot) from /proc; ``""`` where /proc is missing;
-    ``None`` when no such process runs (a zombie has finished, so it counts as gone)."""
-    if _HAS_PROC:
-        try:
-            raw = Path(f"/proc/{pid}/stat").read_bytes()
-        except OSError:
-            return None
-        # Fields from the 3rd on follow the command name, which is in parentheses and may hold spaces.
-        fields = raw[raw.rindex(b")") + 2 :].split()
-        return None if fields[0] in (b"Z", b"X") else fields[19].decode()
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return ""
-
-
-@functools.lru_cache(maxsize=1)
-def process_identity() -> str:
-    """``host|pid|start time``: names this process's holders in a state."""
-    return f"{socket.gethostname()}|{os.getpid()}|{_start_time(os.getpid()) or ''}"
-
-
-def after_fork() -> None:
-    process_identity.cache_clear()
-
-
-def holder_alive(holder: str) -> bool | None:
-    """Whether a holder's process runs; ``None`` for a holder on another host."""
-    host, _, rest = holder.partition("|")
-    pid, _, rest = rest.partition("|")
-    started = rest.partition("|")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    now_started = _start_time(int(pid))
-    return now_started is not None and (not started or not now_started or now_started == started)
-
-
-def state_dir() -> Path:
-    configured = os.environ.get(STATE_DIR_ENV)
-    if configured:
-        return Path(configured)
-    return Path(tempfile.gettempdir()) / f"airflow-provider-cfai-{os.getuid() if hasattr(os, 'getuid') else 0}"
-
-
-def _private_dir(path: Path) -> Path:
-    """Create ``path`` for this user only; refuse one that someone else could write to."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode):
-        raise OSError(f"{path} is not a directory")
-    if hasattr(os, "getuid") and info.st_uid != os.getuid():
-        raise OSError(f"{path} belongs to another user")
-    if info.st_mode & 0o022:
-        raise OSError(f"{path} is writable by other users")
-    return path
 
 
 class FileStore:
@@ -147,7 +70,7 @@ class FileStore:
             size = info.st_size
             state = self._decode(os.pread(fd, size, 0) if size else b"")
             result = update(state, self._clock())
-            data = json.dumps({"boot": _boot_id(), "state": state.to_dict()}, separators=(",", ":")).encode()
+            data = json.dumps({"boot": boot_id(), "state": state.to_dict()}, separators=(",", ":")).encode()
             # One write, padded with spaces (valid JSON) instead of truncating: a process killed
             # mid-transaction leaves either the old state or the new one, never half of each.
             os.pwrite(fd, data.ljust(size), 0)
@@ -160,7 +83,7 @@ class FileStore:
             return WindowState()
         try:
             document = json.loads(raw)
-            if document.get("boot") != _boot_id():
+            if document.get("boot") != boot_id():
                 return WindowState()  # monotonic times from before a reboot mean nothing now
             return WindowState.from_dict(document.get("state"))
         except (ValueError, AttributeError) as error:
@@ -183,11 +106,9 @@ class FileStore:
 
 def host_store(key: str) -> StateStore:
     """The host-wide store for a credential digest; this process's memory if no private dir is usable."""
-    from airflow_provider_cfai.hooks._pacing import MemoryStore
-
     directory = state_dir()
     try:
-        return FileStore(_private_dir(directory) / f"{key[:40]}.json")
+        return FileStore(private_dir(directory) / f"{key[:40]}.json")
     except OSError as error:
         log.warning(
             "Cannot keep the rate-limit state in %s (%s): pacing within this process only. Set %s to a "

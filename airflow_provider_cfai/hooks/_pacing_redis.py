@@ -4,10 +4,11 @@ Configured by the connection extra ``redis_url`` (``redis://[:password@]host:por
 ``redis_conn_id`` (an Airflow connection of type ``redis``); needs ``redis-py``
 (``pip install 'airflow-provider-cfai[redis]'``), imported only then.
 
-The state is the same :class:`~airflow_provider_cfai.policy.WindowState` as in the host's file,
-updated by the same policy functions inside a WATCH/MULTI transaction (optimistic: retried when
-another client changed the key meanwhile), so there is one copy of the rule, in Python. Times are
-Redis's own clock (``TIME``), the one clock every host sees.
+The state is the same :class:`~._pacing_rules.WindowState` as in the host's file, updated by the
+same rules inside a WATCH/MULTI transaction (optimistic: retried when another client changed the key
+meanwhile), so there is one copy of the rule, in Python. Times are Redis's own clock (``TIME``), the
+one clock every host sees. A holder on another host is never checked by its pid: its claim lapses
+unless renewed, so a pod killed mid-request frees its slots on its own.
 
 When Redis cannot be reached, :class:`RedisGate` logs a warning and paces with the host's file and
 its share of the limit (``rate_limit_sharers``) for :data:`RETRY_AFTER` seconds, then tries again.
@@ -22,16 +23,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from airflow_provider_cfai._urls import redact_url
-from airflow_provider_cfai.hooks._pacing import RateLimitGate, StoreUnavailable
-from airflow_provider_cfai.hooks._shared_state import holder_alive
-from airflow_provider_cfai.policy import STALE_AFTER, WindowState
+from airflow_provider_cfai.exceptions import CloudflareConfigError
+from airflow_provider_cfai.hooks._host import holder_alive
+from airflow_provider_cfai.hooks._pacing_gate import RateLimitGate
+from airflow_provider_cfai.hooks._pacing_rules import WindowState
+from airflow_provider_cfai.hooks._pacing_store import StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from airflow_provider_cfai.hooks._pacing import AnswerInfo, Ticket
+    from airflow_provider_cfai.hooks._pacing_gate import AnswerInfo, Ticket
 
-__all__ = ["RETRY_AFTER", "RedisGate", "RedisStore", "redis_url_from_connection"]
+__all__ = ["RETRY_AFTER", "RedisGate", "RedisStore", "redis_url_from_connection", "require_redis"]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,16 @@ _MAX_CONFLICTS = 100
 
 
 class RedisStore:
-    """One token's state under one Redis key."""
+    """One token's state under one Redis key.
 
-    def __init__(self, url: str, key: str, *, timeout: float = _TIMEOUT) -> None:
+    :param clock: read instead of Redis's ``TIME`` (tests on a fake clock); ``None``: Redis's own.
+    """
+
+    def __init__(
+        self, url: str, key: str, *, timeout: float = _TIMEOUT, clock: Callable[[], float] | None = None
+    ) -> None:
         self.url = url
+        self._clock = clock
         self.key = _KEY_PREFIX + key
         self.description = f"Redis at {redact_url(url)}"
         self._timeout = timeout
@@ -76,10 +85,10 @@ class RedisStore:
                         raw = pipe.get(self.key)
                         seconds, micros = pipe.time()
                         state = _decode(raw)
-                        result = update(state, seconds + micros / 1_000_000)
+                        now = seconds + micros / 1_000_000 if self._clock is None else self._clock()
+                        result = update(state, now)
                         pipe.multi()
-                        ttl = int(2 * max(state.window, STALE_AFTER) * 1000)
-                        pipe.set(self.key, _dumps(state), px=ttl)
+                        pipe.set(self.key, _dumps(state), px=_keep_for(state, now))
                         pipe.execute()
                         return result
                     except redis.WatchError:
@@ -94,6 +103,14 @@ class RedisStore:
     def after_fork(self) -> None:
         self._client = None  # a forked child must not share the parent's sockets
         self._lock = threading.Lock()
+
+
+def _keep_for(state: WindowState, now: float) -> int:
+    """Milliseconds the key outlives its last update: past every claim's lapse and every spent
+    slot's window, twice over; then nothing in it matters and Redis forgets it."""
+    last_spent = state.spent[-1][0] if state.spent else now
+    horizon = max((state.last_lapse() or now) - now, last_spent - now, 0.0) + state.window
+    return max(1000, int(2 * horizon * 1000))
 
 
 def _decode(raw: bytes | None) -> WindowState:
@@ -129,7 +146,9 @@ class RedisGate:
         primary: RateLimitGate | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.primary = primary if primary is not None else RateLimitGate(RedisStore(url, key))
+        if primary is None:
+            primary = RateLimitGate(RedisStore(url, key), request_timeout=fallback.request_timeout)
+        self.primary = primary
         self.fallback = fallback
         self._clock = clock
         self._down_until = float("-inf")
@@ -172,17 +191,45 @@ class RedisGate:
     async def release_async(self, ticket: Ticket, answer: AnswerInfo = None) -> None:
         await ticket.gate.release_async(ticket, answer)
 
+    def allow_requests_of(self, request_timeout: float) -> None:
+        self.primary.allow_requests_of(request_timeout)
+        self.fallback.allow_requests_of(request_timeout)
+
     def close(self) -> None:
         self.primary.close()
         self.fallback.close()
 
 
-def redis_url_from_connection(conn_id: str) -> str:
-    """A ``redis://`` URL from an Airflow connection of type ``redis`` (host, port, password, extra ``db``, ``ssl``)."""
+def require_redis(conn_id: str | None) -> None:
+    """Fail with a configuration error, not ``ModuleNotFoundError``, when redis-py is missing."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise CloudflareConfigError(
+            f"Connection {conn_id!r} shares its rate limit through Redis (extra 'redis_url' or "
+            "'redis_conn_id'), but redis-py is not installed: pip install 'airflow-provider-cfai[redis]', "
+            "or remove the extra to pace with this host's state file."
+        ) from None
+
+
+def redis_url_from_connection(conn_id: str, *, cloudflare_conn_id: str | None = None) -> str:
+    """A ``redis://`` URL from an Airflow connection of type ``redis`` (host, port, password, extra ``db``, ``ssl``).
+
+    :param cloudflare_conn_id: the Cloudflare connection whose extra ``redis_conn_id`` names it (for messages).
+    """
     from airflow.sdk import BaseHook
     from airflow.sdk.log import mask_secret
 
-    conn = BaseHook.get_connection(conn_id)
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as error:
+        if not any(cls.__name__ == "AirflowNotFoundException" for cls in type(error).__mro__):
+            raise
+        raise CloudflareConfigError(
+            f"Connection {cloudflare_conn_id!r} sets extra 'redis_conn_id' to {conn_id!r}, but Airflow has no "
+            f"connection {conn_id!r}. Create it (e.g. `airflow connections add {conn_id} --conn-type redis "
+            f"--conn-host <host> --conn-port 6379`), fix the extra, or use the extra 'redis_url' instead."
+        ) from None
     extra = conn.extra_dejson
     scheme = "rediss" if str(extra.get("ssl", "")).lower() in ("true", "1", "yes") else "redis"
     auth = ""
@@ -191,7 +238,5 @@ def redis_url_from_connection(conn_id: str) -> str:
         auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password, safe='')}@"
     db = str(extra.get("db", 0))
     if not db.isdigit():
-        from airflow_provider_cfai.exceptions import CloudflareConfigError
-
         raise CloudflareConfigError(f"Redis connection {conn_id!r}: extra 'db' must be a database number, got {db!r}.")
     return f"{scheme}://{auth}{conn.host or 'localhost'}:{conn.port or 6379}/{db}"
