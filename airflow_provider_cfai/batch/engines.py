@@ -33,12 +33,13 @@ from airflow_provider_cfai.batch.items import (
     OrderedResultWriter,
     build_manifest,
     failure_record,
+    is_transient,
     iter_inputs,
     split_item,
     success_record,
 )
 from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, CloudflarePermanentAPIError
-from airflow_provider_cfai.policy import stops_the_batch
+from airflow_provider_cfai.policy import is_retryable, stops_the_batch
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -56,6 +57,7 @@ DEFAULT_MAX_BYTES = 10_000_000
 AHEAD = 512
 _READ_BATCH = 64
 _PENDING = ("queued", "running")
+_Job = tuple[int, dict[str, Any], dict[str, Any] | None]
 
 
 # -- queue: chunking --------------------------------------------------------------------------------
@@ -157,13 +159,16 @@ async def _direct_calls(
     written = asyncio.Condition()
 
     async def feed() -> None:
-        items = iter_inputs(inputs_path, start)
+        items = _with_carried(iter_inputs(inputs_path, start), writer.carried())
         try:
             while batch := await asyncio.to_thread(_take, items, _READ_BATCH):
-                for index, item in batch:
+                for index, item, kept in batch:
                     async with written:
                         await written.wait_for(functools.partial(_room_for, index, writer))
-                    await jobs.put((index, item))
+                    if kept is not None:
+                        await writer.add(index, kept)  # final last time: not sent again
+                    else:
+                        await jobs.put((index, item))
                     read[0] = index + 1
         finally:
             # Closes the file at once, not whenever the generator is collected.
@@ -193,8 +198,15 @@ async def _call_one(
         result = await client.run_model(model, body)
     except CloudflareAPIError as error:
         if stops_the_batch(error):
-            raise error.with_context(f"item {index}") from error
-        return failure_record(index, reference, status=error.status, codes=error.codes, message=_reason(error))
+            raise error.with_context(f"The batch stopped at item {index}, an error every item would meet") from error
+        return failure_record(
+            index,
+            reference,
+            status=error.status,
+            codes=error.codes,
+            message=_reason(error),
+            transient=is_retryable(error),  # a 5xx or timeout after the retries: a retry sends it again
+        )
     return success_record(index, reference, result)
 
 
@@ -418,8 +430,24 @@ def _room_for(index: int, writer: OrderedResultWriter) -> bool:
     return index - writer.next_index < AHEAD
 
 
-def _take(items: Iterator[tuple[int, dict[str, Any]]], count: int) -> list[tuple[int, dict[str, Any]]]:
+def _take(items: Iterator[_Job], count: int) -> list[_Job]:
     return list(itertools.islice(items, count))
+
+
+def _with_carried(items: Iterator[tuple[int, dict[str, Any]]], carried: Iterator[dict[str, Any]]) -> Iterator[_Job]:
+    """Each input with its final record from the last run, if it has one (else ``None``: send it)."""
+    kept = next(carried, None)
+    try:
+        for index, item in items:
+            while kept is not None and kept.get("index", -1) < index:
+                kept = next(carried, None)
+            final = kept is not None and kept.get("index") == index and not is_transient(kept)
+            yield index, item, kept if final else None
+    finally:
+        for stream in (items, carried):
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
 
 
 def _count_inputs(inputs_path: str, start: int) -> int:

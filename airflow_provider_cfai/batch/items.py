@@ -20,8 +20,9 @@ import logging
 import os
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any, TypedDict
 
 from airflow_provider_cfai.batch import _files
@@ -36,7 +37,9 @@ __all__ = [
     "OutputTally",
     "TokenUsage",
     "build_manifest",
+    "check_prompt",
     "failure_record",
+    "is_transient",
     "iter_inputs",
     "iter_outputs",
     "scan_inputs",
@@ -54,6 +57,7 @@ INPUTS_SUFFIX = ".inputs.jsonl"
 SIDECAR_SUFFIX = ".batch.json"
 
 _EXAMPLE = '{"prompt": "..."}'
+_TOP_CODES = 5
 
 
 # -- inputs -------------------------------------------------------------------------------------------
@@ -68,35 +72,34 @@ class InputsSummary:
 
 
 def iter_inputs(path: str, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Stream ``(index, item)`` from a JSONL file, from item ``start`` on; blank lines are skipped.
+    """Stream ``(index, item)`` from a JSONL file, from item ``start`` on: item ``index`` is line ``index + 1``.
 
     :param path: a local path or an fsspec URL (an ``ObjectStoragePath`` in its string form).
-    :raises CloudflareInputError: the file is missing, or a line is not a JSON object (the message
-        names the line number).
+    :raises CloudflareInputError: the file is missing, or a line is blank or not a JSON object (the
+        message names the line number).
     """
     where = _files.describe(path)
-    index = -1
     for line_no, raw in _lines(path):
-        if not raw.strip():
-            continue
-        index += 1
-        if index >= start:
-            yield index, _parse_input(raw, line_no, where)
+        if line_no > start:
+            yield line_no - 1, _parse_input(raw, line_no, where)
 
 
-def scan_inputs(path: str) -> InputsSummary:
+def scan_inputs(path: str, *, prompts: bool = False) -> InputsSummary:
     """Check every line of a JSONL inputs file; return its item count and the file's digest.
 
     Run before any API call, so a bad line 9,000 fails the task before the first request.
+
+    :param prompts: also check that each item is a text-generation input (:func:`check_prompt`).
     """
     where = _files.describe(path)
     digest = hashlib.sha256()
     count = 0
     for line_no, raw in _lines(path):
         digest.update(raw)
-        if raw.strip():
-            _parse_input(raw, line_no, where)
-            count += 1
+        item = _parse_input(raw, line_no, where)
+        if prompts:
+            check_prompt(item, f"{where} line {line_no}")
+        count += 1
     return InputsSummary(count, digest.hexdigest())
 
 
@@ -114,6 +117,12 @@ def _lines(path: str) -> Iterator[tuple[int, bytes]]:
 
 
 def _parse_input(raw: bytes, line_no: int, where: str) -> dict[str, Any]:
+    if not raw.strip():
+        # Counted, not skipped, would shift every later result's index off its line: refuse it.
+        raise CloudflareInputError(
+            f"{where} line {line_no} is blank; every line must be one input (a result's index is its "
+            "line number - 1), so remove the blank line"
+        )
     try:
         item = json.loads(raw)
     except UnicodeDecodeError:
@@ -135,6 +144,35 @@ def _check_item(item: Any, where: str) -> dict[str, Any]:
     return dict(item)
 
 
+def check_prompt(item: Mapping[str, Any], where: str) -> None:
+    """Refuse an item a text-generation model would answer with 5006: it needs a string ``prompt``
+    or a non-empty ``messages`` list of ``{"role": str, "content": str}``."""
+    prompt, messages = item.get("prompt"), item.get("messages")
+    if prompt is None and messages is None:
+        keys = ", ".join(sorted(map(str, item))) or "none"
+        raise CloudflareInputError(
+            f"{where}: a text-generation input needs 'prompt' (a string) or 'messages' (a list of "
+            f"{{'role': ..., 'content': ...}}); this one has keys: {keys}"
+        )
+    if prompt is not None and not isinstance(prompt, str):
+        raise CloudflareInputError(f"{where}: 'prompt' must be a string, got {_kind(prompt)}")
+    if messages is not None:
+        if not isinstance(messages, list) or not messages:
+            raise CloudflareInputError(
+                f"{where}: 'messages' must be a non-empty list of {{'role': ..., 'content': ...}}, "
+                f"got {_kind(messages)}"
+            )
+        for position, message in enumerate(messages):
+            if not (
+                isinstance(message, Mapping)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
+                raise CloudflareInputError(
+                    f"{where}: messages[{position}] must be an object with string 'role' and 'content'"
+                )
+
+
 def _kind(value: Any) -> str:
     names = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
     if value is None:
@@ -153,14 +191,18 @@ def split_item(item: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
     return body, reference if isinstance(reference, str) else None
 
 
-def stage_inputs(items: Sequence[Any], output: str) -> str:
+def stage_inputs(items: Sequence[Any], output: str, *, prompts: bool = False) -> str:
     """Write an inline list of inputs as JSONL next to ``output``; return that file's location.
 
     The trigger's kwargs then carry a path, never the inputs themselves.
+
+    :param prompts: also check that each item is a text-generation input (:func:`check_prompt`).
     """
     lines = []
     for index, item in enumerate(items):
         checked = _check_item(item, f"inputs[{index}]")
+        if prompts:
+            check_prompt(checked, f"inputs[{index}]")
         try:
             lines.append(json.dumps(checked, ensure_ascii=False, separators=(",", ":")))
         except (TypeError, ValueError) as exc:
@@ -185,14 +227,23 @@ def failure_record(
     status: int | None,
     codes: Sequence[int] = (),
     message: str,
+    transient: bool = False,
 ) -> dict[str, Any]:
-    """The output line for an item that failed for good (after its per-item retries)."""
-    return {
-        "index": index,
-        "external_reference": external_reference,
-        "success": False,
-        "error": {"status": status, "codes": list(codes), "message": message},
-    }
+    """The output line for an item that failed after its per-item retries.
+
+    :param transient: the failure may pass (a 5xx, a timeout): the record says ``"transient": true``,
+        the task fails for a retry, and the retry sends this item again.
+    """
+    error: dict[str, Any] = {"status": status, "codes": list(codes), "message": message}
+    if transient:
+        error["transient"] = True
+    return {"index": index, "external_reference": external_reference, "success": False, "error": error}
+
+
+def is_transient(record: Mapping[str, Any]) -> bool:
+    """A failure record a retry sends again (see :func:`failure_record`)."""
+    error = record.get("error")
+    return not record.get("success") and isinstance(error, Mapping) and error.get("transient") is True
 
 
 def iter_outputs(output: str) -> Iterator[dict[str, Any]]:
@@ -213,7 +264,7 @@ def scan_output(output: str) -> OutputTally:
         with _files.open_read(output) as handle:
             for raw in handle:
                 record = _parse_record(raw) if raw.endswith(b"\n") else None
-                if record is None or record.get("index") != tally.written:
+                if record is None or record.get("index") != tally.written or is_transient(record):
                     break
                 tally.add(record)
     except FileNotFoundError:
@@ -237,9 +288,19 @@ class OutputTally:
     completion_tokens: int = 0
     total_tokens: int = 0
 
+    #: failed records by Cloudflare error code (``"none"``: no code), for messages and the manifest
+    codes: Counter[str] = field(default_factory=Counter)
+    #: failed records a retry sends again (:func:`is_transient`)
+    transient: int = 0
+
     def add(self, record: Mapping[str, Any]) -> None:
         if not record.get("success"):
             self.failed += 1
+            self.transient += is_transient(record)
+            error = record.get("error")
+            codes = error.get("codes") if isinstance(error, Mapping) else None
+            for code in (codes if isinstance(codes, list) and codes else ["none"])[:1]:
+                self.codes[str(code)] += 1
             return
         self.succeeded += 1
         result = record.get("result")
@@ -304,6 +365,7 @@ class OrderedResultWriter:
         self._start = 0
         self._next = 0
         self._pending: dict[int, dict[str, Any]] = {}
+        self._carry: str | None = None
 
     def __repr__(self) -> str:
         return f"OrderedResultWriter({_files.describe(self.output)!r}, written={self._next})"
@@ -378,12 +440,52 @@ class OrderedResultWriter:
                 )
                 self._pending.clear()
             assert self._handle is not None
-            self._handle.close()
+            try:
+                self._put_back_carried()
+            finally:
+                self._handle.close()
             if self._spool is not None:
                 try:
                     _files.upload(self._spool, self.output)
                 finally:
                     os.unlink(self._spool)
+
+    def carried(self) -> Iterator[dict[str, Any]]:
+        """The records ``output`` held after its first transient failure, in order, from that one on.
+
+        The writer cut ``output`` there on opening (:attr:`start_index` is that record's index): a
+        resumed run hands the final ones back to :meth:`add` instead of sending their items again,
+        and sends only the transient ones. What is not handed back by :meth:`close` is kept.
+        """
+        self.open_sync()
+        if self._carry is None:
+            return
+        with open(self._carry, "rb") as handle:
+            for raw in handle:
+                record = _parse_record(raw) if raw.endswith(b"\n") else None
+                if record is None:
+                    return
+                yield record
+
+    def _put_back_carried(self) -> None:
+        """Append the carried records a run did not reach, so stopping early loses none of them."""
+        carry, self._carry = self._carry, None
+        if carry is None:
+            return
+        assert self._handle is not None
+        try:
+            with open(carry, "rb") as handle:
+                for raw in handle:
+                    record = _parse_record(raw) if raw.endswith(b"\n") else None
+                    if record is None or not isinstance(record.get("index"), int) or record["index"] < self._next:
+                        continue
+                    if record["index"] != self._next:
+                        break  # only a run that continues the written prefix may follow it
+                    self._handle.write(raw)
+                    self._next += 1
+            self._handle.flush()
+        finally:
+            os.unlink(carry)
 
     def __enter__(self) -> OrderedResultWriter:
         self.open_sync()
@@ -420,7 +522,8 @@ class OrderedResultWriter:
         except FileNotFoundError:
             return 0
         if keep < size:
-            log.warning("Cutting %d byte(s) of incomplete output from %s", size - keep, path)
+            if self._carry is None:
+                log.warning("Cutting %d byte(s) of incomplete output from %s", size - keep, path)
             os.truncate(path, keep)
         return count
 
@@ -431,11 +534,22 @@ class OrderedResultWriter:
         except FileNotFoundError:
             return 0
 
+    def _keep_carried(self, first: bytes, rest: IO[bytes]) -> None:
+        self._carry = _keep_carried_into(first, rest)
+        log.info(
+            "%s: item %d failed for a passing reason last time; sending it and the other such items again",
+            _files.describe(self.output),
+            self.tally.written,
+        )
+
     def _scan_prefix(self, source: IO[bytes], copy_to: IO[bytes] | None) -> tuple[int, int]:
         """Count leading lines that are complete records 0, 1, 2, …; return (count, their bytes)."""
         count = kept = 0
         for raw in source:
             record = _parse_record(raw) if raw.endswith(b"\n") else None
+            if record is not None and record.get("index") == count and is_transient(record):
+                self._keep_carried(raw, source)
+                break
             if record is None or record.get("index") != count:
                 if raw.endswith(b"\n") and record is not None:
                     log.warning(
@@ -451,6 +565,15 @@ class OrderedResultWriter:
             count += 1
             kept += len(raw)
         return count, kept
+
+
+def _keep_carried_into(first: bytes, rest: IO[bytes]) -> str:
+    fd, carry = tempfile.mkstemp(prefix="cfai-batch-carry-", suffix=".jsonl")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(first)
+        for raw in rest:
+            handle.write(raw)
+    return carry
 
 
 def _line(record: Mapping[str, Any]) -> bytes:
@@ -485,6 +608,8 @@ class BatchManifest(TypedDict):
     request_ids: list[str]
     resumed_from: int
     status: str
+    error_codes: dict[str, int]
+    transient_failures: int
 
 
 def build_manifest(
@@ -519,4 +644,7 @@ def build_manifest(
         "request_ids": list(request_ids),
         "resumed_from": resumed_from,
         "status": status,
+        # The most common first error codes of the failed items: why a batch failed, at a glance.
+        "error_codes": dict(tally.codes.most_common(_TOP_CODES)),
+        "transient_failures": tally.transient,
     }

@@ -15,9 +15,10 @@ from airflow_provider_cfai.batch.ledger import Ledger, load_ledger, save_ledger
 from airflow_provider_cfai.exceptions import (
     BatchFailureRatioError,
     BatchTimeoutError,
-    CloudflareAPIError,
+    CloudflareAIError,
     CloudflareInputError,
 )
+from airflow_provider_cfai.hooks import _catalog
 
 __all__ = ["Batch", "finished_manifest", "open_batch", "outcome", "pick_engine", "run_engine", "submit_chunks"]
 
@@ -64,11 +65,23 @@ def open_batch(
 
     An ``output`` without a matching ledger holds another batch's results and is removed.
     """
+    from airflow_provider_cfai.preflight import check_batch
+
+    _files.check_writable(output, "output")
     location = items.stage_inputs(inputs, output) if isinstance(inputs, list) else inputs
     summary = items.scan_inputs(location)
     if summary.count == 0:
         raise CloudflareInputError(f"inputs {_files.describe(location)} holds no items; give at least one model input")
-    engine = pick_engine(engine, model, lora, hook=hook, account_id=account_id, log=log)
+    entry = check_batch(hook, model, lora=lora, account_id=account_id, log=log)
+    # Text generation (and a LoRA, which is only for text generation) takes a prompt or messages;
+    # other tasks (embeddings take "text") are left to Cloudflare.
+    if (_catalog.task_name(entry) == "Text Generation") if entry is not None else lora is not None:
+        if isinstance(inputs, list):
+            for index, item in enumerate(inputs):
+                items.check_prompt(item, f"inputs[{index}]")
+        else:
+            items.scan_inputs(location, prompts=True)
+    engine = pick_engine(engine, model, lora, entry=entry, catalog_read=entry is not None, log=log)
     fingerprint = {
         "inputs_sha256": summary.sha256,
         "total": summary.count,
@@ -90,21 +103,19 @@ def open_batch(
     return Batch(model, lora, output, engine, summary.count, ledger, done, state_store)
 
 
-def pick_engine(choice: str, model: str, lora: str | None, *, hook: Any, account_id: str | None, log: Logger) -> str:
-    """``queue`` for a model the catalog marks ``async_queue`` (and no lora), else ``direct``."""
+def pick_engine(
+    choice: str, model: str, lora: str | None, *, entry: dict[str, Any] | None, catalog_read: bool, log: Logger
+) -> str:
+    """``queue`` for a model the catalog (``entry``) marks ``async_queue`` (and no lora), else ``direct``."""
     if choice != "auto":
         return choice
     if lora is not None:
         return "direct"  # the Batch API does not document LoRAs
-    from airflow_provider_cfai.hooks._catalog import supports_async_queue
-
-    try:
-        entry = hook.get_model(model, account_id=account_id)
-    except CloudflareAPIError as error:
+    if not catalog_read:
         # Both engines give the same results; the catalog only picks the cheaper one.
-        log.warning("Could not read the model catalog (%s); using the direct engine", error)
+        log.warning("The model catalog could not be read; using the direct engine")
         return "direct"
-    queue = entry is not None and supports_async_queue(entry)
+    queue = entry is not None and _catalog.supports_async_queue(entry)
     marker = "async_queue" if queue else "no async_queue"
     log.info("engine='auto': %s for %s (catalog: %s)", "queue" if queue else "direct", model, marker)
     return "queue" if queue else "direct"
@@ -209,13 +220,27 @@ def outcome(
         manifest["usage"]["total_tokens"],
         where,
     )
+    transient = manifest.get("transient_failures", 0)
+    if transient:
+        on_failure(manifest)
+        raise CloudflareAIError(
+            f"{transient} of {manifest['total']} item(s) failed for a reason that may pass (a 5xx or a timeout "
+            f"after the retries; codes: {_codes(manifest)}); a retry of this task sends exactly those items "
+            f"again, keeping the other results in {where}."
+        )
     if ratio > max_failure_ratio:
         on_failure(manifest)
         raise BatchFailureRatioError(
             f"{manifest['failed']} of {done} item(s) failed (ratio {ratio:.3f}), above "
-            f"max_failure_ratio={max_failure_ratio}; every result, failed ones with their error, is in {where}."
+            f"max_failure_ratio={max_failure_ratio}; most common Cloudflare error codes: {_codes(manifest)}. "
+            f"Every result, failed ones with their error, is in {where}."
         )
     return manifest
+
+
+def _codes(manifest: items.BatchManifest) -> str:
+    counts = manifest.get("error_codes") or {}
+    return ", ".join(f"{code} ({count}x)" for code, count in counts.items()) or "none"
 
 
 def _shown(location: str) -> str:

@@ -261,6 +261,12 @@ def _check_inputs(inputs: Any, *, rendered: bool) -> None:
                     f"inputs[{index}] must be a mapping such as {{'prompt': '...'}}, got {type(item).__name__}"
                 )
         return
+    if rendered and isinstance(inputs, str) and inputs.strip()[:1] in ("[", "{"):
+        raise CloudflareInputError(
+            f"inputs rendered to a string that looks like JSON ({inputs.strip()[:40]!r}...), not a list: Jinja "
+            "renders templates to strings. Set render_template_as_native_obj=True on the DAG so "
+            "'{{ dag_run.conf[...] }}' renders to a list, or pass a JSONL file's location."
+        )
     if isinstance(inputs, Mapping):
         raise CloudflareInputError(
             "inputs must be a list of model inputs or a JSONL file, not one mapping; "
