@@ -5,8 +5,8 @@ prompts (``data/eval_prompts.jsonl``) through the base model with and without th
 ``WorkersAIBatchOperator`` — deferrable, so no worker slot is held while the answers come in —
 score both outputs, and let the promotion task run only when the finetune scores higher.
 
-Results are JSONL files under ``$CFAI_EVAL_DIR`` (default: ``<temp dir>/cfai-eval``), one folder
-per DAG run; in production, point ``output`` at object storage (an ``ObjectStoragePath`` or an
+Results are JSONL files under ``$CFAI_EVAL_DIR`` (default: ``eval-results`` next to this file), one
+folder per DAG run; in production, point ``output`` at object storage (an ``ObjectStoragePath`` or an
 ``s3://`` URL) so workers and the triggerer share it. Run it against the local emulator with
 ``make demo``, or with ``airflow dags test example_batch_evaluation``.
 """
@@ -26,8 +26,9 @@ from airflow_provider_cfai.operators.batch import WorkersAIBatchOperator
 from airflow_provider_cfai.operators.finetune import CreateFinetuneOperator
 
 BASE_MODEL = "@cf/mistral/mistral-7b-instruct-v0.2-lora"
-EVAL_PROMPTS = str(Path(__file__).parent / "data" / "eval_prompts.jsonl")
-EVAL_DIR = os.environ.get("CFAI_EVAL_DIR") or os.path.join(tempfile.gettempdir(), "cfai-eval")
+DAG_FOLDER = Path(__file__).parent
+EVAL_PROMPTS = str(DAG_FOLDER / "data" / "eval_prompts.jsonl")
+EVAL_DIR = os.environ.get("CFAI_EVAL_DIR") or str(DAG_FOLDER / "eval-results")
 #: The finetune is trained to answer as the brand's support desk; the score looks for that voice.
 BRAND = "acme"
 

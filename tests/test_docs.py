@@ -64,7 +64,8 @@ def test_readme_snippet_runs_after_its_readme_preamble(snippet: str) -> None:
     preamble = _preamble_for(snippet)
     wrapped = PLACEHOLDER in preamble
     source = preamble.replace(PLACEHOLDER, textwrap.indent(snippet, "    ")) if wrapped else f"{preamble}\n\n{snippet}"
-    namespace: dict[str, object] = {"__name__": "readme_snippet"}
+    # As if saved as a DAG file next to the example DAGs (a preamble may use its folder).
+    namespace: dict[str, object] = {"__name__": "readme_snippet", "__file__": str(ROOT / "dags_examples" / "x.py")}
     exec(compile(source, "README.md snippet", "exec"), namespace)  # NameError if the preamble lacks a name
 
     if wrapped:
