@@ -105,6 +105,13 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
         check_text("finetune_name", finetune_name)
         check_choice("if_exists", if_exists, IF_EXISTS_CHOICES)
         if model_type is not None:
+            if isinstance(model_type, str) and "qwen" in model_type.lower():
+                from airflow_provider_cfai.adapters import unsupported_family_hint
+
+                raise CloudflareInputError(
+                    f"model_type must be one of {', '.join(map(repr, MODEL_TYPES))}, got {model_type!r}"
+                    + unsupported_family_hint(model_type)
+                )
             check_choice("model_type", model_type, MODEL_TYPES)
         if not is_template(max_finetunes):
             from airflow_provider_cfai.preflight import checked_limit
