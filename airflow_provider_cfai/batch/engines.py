@@ -8,9 +8,11 @@ a manifest with ``"status": "timeout"``.
 **Direct.** ``concurrency`` calls at once, each waiting its turn at the credential's rate-limit gate
 (so a run spends the window without overrunning it into Cloudflare's five-minute lockout) and each
 retried on its own by the shared policy (``Retry-After`` included). An item Cloudflare refuses
-(a 4xx, or a 5xx that outlived its retries) becomes a failure record; the batch goes on. The batch
-itself stops, keeping what it wrote, when no call can succeed: rejected credentials (401/403), a
-``Retry-After`` longer than the retry budget (a lockout), or no answer at all (the network).
+becomes a failure record (marked ``transient`` for a 5xx or timeout that outlived its retries: a
+retry sends it again) and the batch goes on. The batch itself stops, keeping what it wrote, when no
+call can succeed (:func:`~airflow_provider_cfai.policy.stops_the_batch`): rejected credentials, a
+lockout, no answer at all, or an error about the model or finetune. A resumed run hands the final
+records it finds after a transient one back to the writer instead of sending their items again.
 
 **Queue.** The operator submits the chunks (:func:`plan_chunks` keeps each under the 10 MB limit) and
 records their request IDs; :func:`collect_queue` polls each one until its responses arrive, maps them
