@@ -70,7 +70,7 @@ def test_a_blank_line_is_refused_naming_it_so_every_index_is_its_line_number_min
 @pytest.mark.parametrize(
     ("item", "message"),
     [
-        pytest.param({"text": "hi"}, r"input needs 'prompt' \(a string\) or 'messages'.*keys: text", id="text"),
+        pytest.param({"text": "hi"}, r"a text-generation input needs 'prompt' .*keys: text", id="text"),
         pytest.param({"prompt": 42}, r"'prompt' must be a string, got a number", id="prompt-number"),
         pytest.param({"messages": "x"}, r"'messages' must be a non-empty list", id="messages-string"),
         pytest.param({"messages": []}, r"'messages' must be a non-empty list", id="messages-empty"),

@@ -74,9 +74,10 @@ def test_the_newer_ledger_wins_so_no_chunk_is_submitted_twice(
     monkeypatch.setattr(engines, "plan_chunks", functools.partial(engines.plan_chunks, max_bytes=130))
     store = StateStore()
     # The first try submits both chunks, then dies before collecting them.
-    with monkeypatch.context() as patched, pytest.raises(CloudflareAIError, match="worker lost"):
+    with monkeypatch.context() as patched:
         patched.setattr("airflow_provider_cfai.batch.worker.run_engine", _die)
-        operator(tmp_path, model=QUEUE_MODEL).execute({"ti": TI(), "task_state_store": store})  # type: ignore[arg-type]
+        with pytest.raises(CloudflareAIError, match="worker lost"):
+            operator(tmp_path, model=QUEUE_MODEL).execute({"ti": TI(), "task_state_store": store})  # type: ignore[arg-type]
     assert len(emulator.state()["batches"]) == 2
     # One copy of the ledger is older: it was saved after the first submission only.
     newer = store.values[STATE_KEY]
