@@ -61,6 +61,7 @@ def example_batch_evaluation() -> None:
         lora=register.output,  # the finetune ID CreateFinetuneOperator pushed
         inputs=EVAL_PROMPTS,  # JSONL: a local path, an fsspec URL or an ObjectStoragePath
         output=EVAL_DIR + "/{{ run_id }}/finetune.jsonl",
+        deferrable=True,  # the triggerer waits for the answers, not a worker slot
         max_failure_ratio=0.1,  # fail the task (after writing every result) if >10% of items fail
         execution_timeout=timedelta(hours=1),  # the batch's deadline, deferral included
     )
@@ -69,6 +70,7 @@ def example_batch_evaluation() -> None:
         model=BASE_MODEL,
         inputs=EVAL_PROMPTS,
         output=EVAL_DIR + "/{{ run_id }}/base.jsonl",
+        deferrable=True,
         max_failure_ratio=0.1,
         execution_timeout=timedelta(hours=1),
     )

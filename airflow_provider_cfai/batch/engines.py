@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_cfai.batch.client import AsyncCloudflareClient
 
-__all__ = ["DEFAULT_MAX_BYTES", "collect_queue", "plan_chunks", "run_direct"]
+__all__ = ["DEFAULT_MAX_BYTES", "collect_queue", "plan_chunks", "run_direct", "run_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,43 @@ AHEAD = 512
 _READ_BATCH = 64
 _PENDING = ("queued", "running")
 _Job = tuple[int, dict[str, Any], dict[str, Any] | None]
+
+
+async def run_engine(
+    client: AsyncCloudflareClient,
+    *,
+    engine: str,
+    model: str,
+    lora: str | None,
+    inputs_path: str,
+    output: str,
+    request_ids: Sequence[str] = (),
+    chunk_sizes: Sequence[int] | None = None,
+    concurrency: int = 8,
+    poll_interval: float = 5.0,
+    deadline: float | None = None,
+) -> BatchManifest:
+    """Run one of :data:`~airflow_provider_cfai.batch.ENGINES`: the worker and the trigger both call this."""
+    if engine == "queue":
+        return await collect_queue(
+            client,
+            model=model,
+            request_ids=request_ids,
+            output=output,
+            poll_interval=poll_interval,
+            deadline=deadline,
+            chunk_sizes=chunk_sizes,
+            lora=lora,
+        )
+    return await run_direct(
+        client,
+        model=model,
+        lora=lora,
+        inputs_path=inputs_path,
+        output=output,
+        concurrency=concurrency,
+        deadline=deadline,
+    )
 
 
 # -- queue: chunking --------------------------------------------------------------------------------

@@ -161,34 +161,39 @@ def run_engine(
     concurrency: int,
     poll_interval: float,
     deadline: float | None,
+    on_start: Callable[[Callable[[], object]], None] | None = None,
 ) -> items.BatchManifest:
-    """Run the batch's engine here, in the worker (``deferrable=False``), as the trigger would."""
-    import asyncio
+    """Run the batch's engine here, in the worker (``deferrable=False``), as the trigger would.
 
+    :param on_start: called with a function that cancels the run from another thread (``on_kill``):
+        the engine stops and closes its output, keeping what it wrote.
+    """
+    import asyncio
+    import functools
+
+    from airflow_provider_cfai.batch import engines
     from airflow_provider_cfai.batch.client import AsyncCloudflareClient
-    from airflow_provider_cfai.batch.engines import collect_queue, run_direct
 
     async def run() -> items.BatchManifest:
         async with AsyncCloudflareClient(settings, account_id=account_id, max_connections=concurrency) as client:
-            if batch.engine == "queue":
-                return await collect_queue(
+            work = asyncio.ensure_future(
+                engines.run_engine(
                     client,
+                    engine=batch.engine,
                     model=batch.model,
-                    request_ids=batch.ledger.request_ids,
-                    chunk_sizes=batch.ledger.chunk_sizes,
+                    lora=batch.lora,
+                    inputs_path=batch.ledger.inputs,
                     output=batch.output,
+                    request_ids=batch.ledger.request_ids,
+                    chunk_sizes=batch.ledger.chunk_sizes or None,
+                    concurrency=concurrency,
                     poll_interval=poll_interval,
                     deadline=deadline,
                 )
-            return await run_direct(
-                client,
-                model=batch.model,
-                lora=batch.lora,
-                inputs_path=batch.ledger.inputs,
-                output=batch.output,
-                concurrency=concurrency,
-                deadline=deadline,
             )
+            if on_start is not None:
+                on_start(functools.partial(asyncio.get_running_loop().call_soon_threadsafe, work.cancel))
+            return await work
 
     return asyncio.run(run())
 

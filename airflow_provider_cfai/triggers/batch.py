@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_cfai.batch import ENGINES
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from airflow_provider_cfai.batch.items import BatchManifest
 
 __all__ = ["ENGINES", "WorkersAIBatchTrigger"]
-
-ENGINES = ("direct", "queue")
 _CONN_TYPE = "cloudflare_ai"
 
 
@@ -129,7 +129,7 @@ class WorkersAIBatchTrigger(BaseTrigger):
         from airflow.sdk import BaseHook
 
         from airflow_provider_cfai.batch.client import AsyncCloudflareClient
-        from airflow_provider_cfai.batch.engines import collect_queue, run_direct
+        from airflow_provider_cfai.batch.engines import run_engine
         from airflow_provider_cfai.hooks._connection import read_settings
 
         conn = await BaseHook.aget_connection(self.cloudflare_conn_id)
@@ -138,25 +138,18 @@ class WorkersAIBatchTrigger(BaseTrigger):
         async with AsyncCloudflareClient(
             settings, account_id=self.account_id, max_connections=connections, logger=self.log
         ) as client:
-            if self.engine == "direct":
-                return await run_direct(
-                    client,
-                    model=self.model,
-                    lora=self.lora,
-                    inputs_path=self.inputs_path,
-                    output=self.output,
-                    concurrency=self.concurrency,
-                    deadline=self.deadline,
-                )
-            return await collect_queue(
+            return await run_engine(
                 client,
+                engine=self.engine,
                 model=self.model,
-                request_ids=self.request_ids or [],
+                lora=self.lora,
+                inputs_path=self.inputs_path,
                 output=self.output,
+                request_ids=self.request_ids or [],
+                chunk_sizes=self.chunk_sizes,
+                concurrency=self.concurrency,
                 poll_interval=self.poll_interval,
                 deadline=self.deadline,
-                chunk_sizes=self.chunk_sizes,
-                lora=self.lora,
             )
 
 

@@ -96,6 +96,7 @@ def make_operator(tmp_path: Path, **kwargs: Any) -> WorkersAIBatchOperator:
     kwargs.setdefault("output", str(tmp_path / "out" / "results.jsonl"))
     kwargs.setdefault("cloudflare_conn_id", CONN_ID)
     kwargs.setdefault("poll_interval", 0.05)
+    kwargs.setdefault("deferrable", True)
     return WorkersAIBatchOperator(**kwargs)
 
 
@@ -146,12 +147,88 @@ def test_bad_arguments_fail_at_construction(tmp_path: Path, kwargs: dict[str, An
 
 
 def test_templates_are_checked_once_rendered_before_any_call(tmp_path: Path, emulator: Any, conn: Any) -> None:
-    operator = make_operator(tmp_path, max_failure_ratio="{{ params.ratio }}", engine="{{ params.engine }}")
-    operator.max_failure_ratio = "2"  # what the template rendered to
+    operator = make_operator(tmp_path, model="{{ params.model }}", output="{{ params.output }}")
+    operator.model, operator.output_location = PLAIN_MODEL, " "  # what the templates rendered to
 
-    with pytest.raises(CloudflareInputError, match=r"max_failure_ratio must be a number from 0\.0 to 1\.0, got '2'"):
+    with pytest.raises(CloudflareInputError, match=r"output must be a local path"):
         operator.execute(new_try())  # type: ignore[arg-type]
     assert emulator.state()["requests"] == []
+
+
+def test_names_ids_models_inputs_and_paths_are_templated_not_the_numeric_or_boolean_knobs(tmp_path: Path) -> None:
+    assert set(WorkersAIBatchOperator.template_fields) == {
+        "model",
+        "inputs",
+        "output_location",
+        "lora",
+        "account_id",
+        "cloudflare_conn_id",
+    }
+    with pytest.raises(CloudflareInputError, match="max_failure_ratio must be a number"):
+        make_operator(tmp_path, max_failure_ratio="{{ params.ratio }}")  # not templated: checked at parse
+    for field in WorkersAIBatchOperator.template_fields:
+        assert "(templated" in _param_doc(field if field != "output_location" else "output")
+
+
+def _param_doc(name: str) -> str:
+    doc = WorkersAIBatchOperator.__doc__ or ""
+    start = doc.index(f":param {name}:")
+    end = doc.find(":param ", start + 1)
+    return doc[start : end if end > 0 else None]
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, False), ("true", True), ("false", False)])
+def test_deferrable_defaults_to_the_deployments_default_deferrable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, expected: bool
+) -> None:
+    if setting is None:
+        monkeypatch.delenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", raising=False)
+    else:
+        monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", setting)
+
+    assert (
+        WorkersAIBatchOperator(task_id="b", model=PLAIN_MODEL, inputs=[{"prompt": "a"}], output="o").deferrable
+        is expected
+    )
+    assert make_operator(tmp_path, deferrable=not expected).deferrable is (not expected)  # per task
+
+
+def test_on_kill_stops_a_batch_running_in_the_worker_keeping_what_it_wrote(
+    tmp_path: Path, emulator: Any, conn: Any
+) -> None:
+    import threading
+
+    # Item 2's answer never comes in time; the kill must not wait for it.
+    rule = emulator.add_fault(path=r"/ai/run/", request_body="question 2", action="delay_after_commit", delay=60)
+    inputs = [{"prompt": f"question {i}"} for i in range(4)]
+    operator = make_operator(tmp_path, inputs=inputs, deferrable=False, concurrency=1)
+    started = threading.Event()
+    outcome: list[BaseException | object] = []
+    set_cancel = operator._set_cancel
+
+    def remember(cancel: Any) -> None:
+        set_cancel(cancel)
+        started.set()
+
+    operator._set_cancel = remember  # type: ignore[method-assign]
+
+    def run() -> None:
+        try:
+            outcome.append(operator.execute(new_try()))  # type: ignore[arg-type]
+        except BaseException as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert started.wait(30)
+    while emulator.fired(rule) == 0:  # item 2 is in flight: items 0 and 1 are written
+        worker.join(0.05)
+    operator.on_kill()
+    worker.join(30)
+
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], asyncio.CancelledError)
+    assert [r["index"] for r in iter_outputs(str(tmp_path / "out" / "results.jsonl"))] == [0, 1]
 
 
 def test_a_bad_line_in_an_inputs_file_fails_before_any_call(tmp_path: Path, emulator: Any, conn: Any) -> None:
