@@ -78,7 +78,7 @@ def example_batch_evaluation() -> None:
     @task(multiple_outputs=False)  # one dict of scores, not one XCom per key
     def score(finetune: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
         """Read both outputs from where the manifests say they are; score them the same way."""
-        from airflow_provider_cfai.batch.items import iter_outputs
+        from airflow_provider_cfai.batch.records import iter_outputs
 
         def brand_voice(output: str) -> float:
             # A stand-in metric: the share of answers given in the brand's voice (failed items score

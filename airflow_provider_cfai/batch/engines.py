@@ -1,6 +1,6 @@
 """The two batch engines: ``direct`` (paced ``/ai/run`` calls) and ``queue`` (the Batch API).
 
-Both write one record per input to ``output`` through :class:`~airflow_provider_cfai.batch.items.OrderedResultWriter`,
+Both write one record per input to ``output`` through :class:`~airflow_provider_cfai.batch.writer.OrderedResultWriter`,
 in input order, as results arrive, and both resume: what ``output`` already holds is never asked for
 again. Both take a ``deadline`` (epoch seconds): past it they stop, keep what was written, and return
 a manifest with ``"status": "timeout"``.
@@ -30,16 +30,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cfai.batch.items import (
-    BatchManifest,
-    OrderedResultWriter,
-    build_manifest,
-    failure_record,
-    is_transient,
-    iter_inputs,
-    split_item,
-    success_record,
-)
+from airflow_provider_cfai.batch.inputs import iter_inputs, split_item
+from airflow_provider_cfai.batch.manifest import BatchManifest, build_manifest
+from airflow_provider_cfai.batch.records import failure_record, is_transient, success_record
+from airflow_provider_cfai.batch.writer import OrderedResultWriter
 from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, CloudflarePermanentAPIError
 from airflow_provider_cfai.policy import is_retryable, stops_the_batch
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cfai.batch import _files, items
+from airflow_provider_cfai.batch import _files
+from airflow_provider_cfai.batch.inputs import check_prompt, iter_inputs, scan_inputs, stage_inputs
 from airflow_provider_cfai.batch.ledger import Ledger, load_ledger, save_ledger
+from airflow_provider_cfai.batch.manifest import BatchManifest, build_manifest
+from airflow_provider_cfai.batch.records import OutputTally, scan_output
 from airflow_provider_cfai.exceptions import (
     BatchFailureRatioError,
     BatchTimeoutError,
@@ -41,7 +44,7 @@ class Batch:
     engine: str
     total: int
     ledger: Ledger
-    done: items.OutputTally
+    done: OutputTally
     state_store: Any = None
 
     @property
@@ -68,8 +71,8 @@ def open_batch(
     from airflow_provider_cfai.preflight import check_batch
 
     _files.check_writable(output, "output")
-    location = items.stage_inputs(inputs, output) if isinstance(inputs, list) else inputs
-    summary = items.scan_inputs(location)
+    location = stage_inputs(inputs, output) if isinstance(inputs, list) else inputs
+    summary = scan_inputs(location)
     if summary.count == 0:
         raise CloudflareInputError(f"inputs {_files.describe(location)} holds no items; give at least one model input")
     entry = check_batch(hook, model, lora=lora, account_id=account_id, log=log)
@@ -78,9 +81,9 @@ def open_batch(
     if (_catalog.task_name(entry) == "Text Generation") if entry is not None else lora is not None:
         if isinstance(inputs, list):
             for index, item in enumerate(inputs):
-                items.check_prompt(item, f"inputs[{index}]")
+                check_prompt(item, f"inputs[{index}]")
         else:
-            items.scan_inputs(location, prompts=True)
+            scan_inputs(location, prompts=True)
     engine = pick_engine(engine, model, lora, entry=entry, catalog_read=entry is not None, log=log)
     fingerprint = {
         "inputs_sha256": summary.sha256,
@@ -97,7 +100,7 @@ def open_batch(
             _files.remove(output)
         ledger = Ledger(fingerprint, location)
         save_ledger(ledger, output, state_store=state_store)
-    done = items.scan_output(output)
+    done = scan_output(output)
     if done.written and done.written < summary.count:
         log.info("Resuming after %d of %d result(s) already in %s", done.written, summary.count, _shown(output))
     return Batch(model, lora, output, engine, summary.count, ledger, done, state_store)
@@ -126,7 +129,7 @@ def submit_chunks(batch: Batch, hook: Any, *, account_id: str | None, log: Logge
     from airflow_provider_cfai.batch.engines import plan_chunks
 
     ledger = batch.ledger
-    chunks = plan_chunks(item for _, item in items.iter_inputs(ledger.inputs))
+    chunks = plan_chunks(item for _, item in iter_inputs(ledger.inputs))
     if ledger.request_ids:
         log.info(
             "Re-attaching to %d queued batch request(s): %s", len(ledger.request_ids), ", ".join(ledger.request_ids)
@@ -139,9 +142,9 @@ def submit_chunks(batch: Batch, hook: Any, *, account_id: str | None, log: Logge
         log.info("Queued %d input(s) as batch request %s", len(chunk), request_id)
 
 
-def finished_manifest(batch: Batch) -> items.BatchManifest:
+def finished_manifest(batch: Batch) -> BatchManifest:
     """The manifest of a batch whose output is already complete (a re-run: no API call)."""
-    return items.build_manifest(
+    return build_manifest(
         engine=batch.engine,
         model=batch.model,
         lora=batch.lora,
@@ -162,7 +165,7 @@ def run_engine(
     poll_interval: float,
     deadline: float | None,
     on_start: Callable[[Callable[[], object]], None] | None = None,
-) -> items.BatchManifest:
+) -> BatchManifest:
     """Run the batch's engine here, in the worker (``deferrable=False``), as the trigger would.
 
     :param on_start: called with a function that cancels the run from another thread (``on_kill``):
@@ -174,7 +177,7 @@ def run_engine(
     from airflow_provider_cfai.batch import engines
     from airflow_provider_cfai.batch.client import AsyncCloudflareClient
 
-    async def run() -> items.BatchManifest:
+    async def run() -> BatchManifest:
         async with AsyncCloudflareClient(settings, account_id=account_id, max_connections=concurrency) as client:
             work = asyncio.ensure_future(
                 engines.run_engine(
@@ -199,13 +202,13 @@ def run_engine(
 
 
 def outcome(
-    manifest: items.BatchManifest,
+    manifest: BatchManifest,
     *,
     max_failure_ratio: float,
     execution_timeout: timedelta | None,
-    on_failure: Callable[[items.BatchManifest], None],
+    on_failure: Callable[[BatchManifest], None],
     log: Logger,
-) -> items.BatchManifest:
+) -> BatchManifest:
     """Return the manifest, or raise for a timeout or too many failed items (after ``on_failure``)."""
     where = _shown(str(manifest["output"]))
     done = manifest["succeeded"] + manifest["failed"]
@@ -243,7 +246,7 @@ def outcome(
     return manifest
 
 
-def _codes(manifest: items.BatchManifest) -> str:
+def _codes(manifest: BatchManifest) -> str:
     counts = manifest.get("error_codes") or {}
     return ", ".join(f"{code} ({count}x)" for code, count in counts.items()) or "none"
 

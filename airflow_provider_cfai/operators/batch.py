@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-    from airflow_provider_cfai.batch.items import BatchManifest
+    from airflow_provider_cfai.batch.manifest import BatchManifest
 
 __all__ = ["WorkersAIBatchOperator"]
 
@@ -249,7 +249,7 @@ def _default_deferrable() -> bool:
     try:
         from airflow.sdk import conf
     except ImportError:  # Airflow 3.1
-        from airflow.configuration import conf
+        from airflow.configuration import conf  # type: ignore[assignment]
     return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 

@@ -19,7 +19,7 @@ from airflow_provider_cfai.batch import ENGINES
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from airflow_provider_cfai.batch.items import BatchManifest
+    from airflow_provider_cfai.batch.manifest import BatchManifest
 
 __all__ = ["ENGINES", "WorkersAIBatchTrigger"]
 _CONN_TYPE = "cloudflare_ai"

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from airflow_provider_cfai.batch import engines
-from airflow_provider_cfai.batch.items import iter_outputs
 from airflow_provider_cfai.batch.ledger import STATE_KEY, sidecar_location
+from airflow_provider_cfai.batch.records import iter_outputs
 from airflow_provider_cfai.operators.batch import WorkersAIBatchOperator
 
 QUEUE_MODEL = "@cf/meta/llama-3.3-70b-instruct-fp8-fast"

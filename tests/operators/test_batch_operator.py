@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_cfai.batch.items import iter_outputs, scan_output
+from airflow_provider_cfai.batch.records import iter_outputs, scan_output
 from airflow_provider_cfai.exceptions import (
     AirflowFailException,
     BatchFailureRatioError,
@@ -254,7 +254,8 @@ def test_importing_the_operator_module_loads_no_engine_trigger_or_hook() -> None
     heavy = {
         "airflow_provider_cfai.batch.client",
         "airflow_provider_cfai.batch.engines",
-        "airflow_provider_cfai.batch.items",
+        "airflow_provider_cfai.batch.inputs",
+        "airflow_provider_cfai.batch.writer",
         "airflow_provider_cfai.triggers.batch",
         "airflow_provider_cfai.hooks.cloudflare_ai",
         "requests",

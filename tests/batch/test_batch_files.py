@@ -11,17 +11,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_cfai.batch.items import (
-    OrderedResultWriter,
-    build_manifest,
-    failure_record,
-    iter_inputs,
-    iter_outputs,
-    scan_inputs,
-    split_item,
-    stage_inputs,
-    success_record,
-)
+from airflow_provider_cfai.batch.inputs import iter_inputs, scan_inputs, split_item, stage_inputs
+from airflow_provider_cfai.batch.manifest import build_manifest
+from airflow_provider_cfai.batch.records import failure_record, iter_outputs, success_record
+from airflow_provider_cfai.batch.writer import OrderedResultWriter
 from airflow_provider_cfai.exceptions import AirflowFailException, CloudflareInputError
 
 
