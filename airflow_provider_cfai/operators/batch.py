@@ -57,7 +57,7 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
     Retries re-attach, never redo: queued request IDs are recorded before deferring (in
     ``<output>.batch.json``, in XCom ``batch_request_ids`` and, on Airflow 3.3+, in the task state
     store), and the direct engine resumes after the records already in ``output``. A batch that ran
-    before with the same inputs and settings and is complete is returned without any API call;
+    before with the same inputs and settings and is complete is returned without sending any item;
     delete ``output`` to run it again. ``execution_timeout`` is the batch's deadline: reaching it
     raises :class:`~airflow_provider_cfai.exceptions.BatchTimeoutError` (retried, resuming), keeping
     what was written. When more than ``max_failure_ratio`` of the items failed, the task fails with
