@@ -315,8 +315,8 @@ def test_auto_engine_calls_directly_with_a_lora_even_on_a_queue_model() -> None:
     queue_entry = {"name": QUEUE_MODEL, "properties": [{"property_id": "async_queue", "value": True}]}
     log = logging.getLogger("test")
 
-    assert pick_engine("auto", QUEUE_MODEL, None, entry=queue_entry, catalog_read=True, log=log) == "queue"
-    assert pick_engine("auto", QUEUE_MODEL, "ft", entry=queue_entry, catalog_read=True, log=log) == "direct"
+    assert pick_engine("auto", QUEUE_MODEL, None, entry=queue_entry, log=log) == "queue"
+    assert pick_engine("auto", QUEUE_MODEL, "ft", entry=queue_entry, log=log) == "direct"
 
 
 def test_auto_engine_falls_back_to_direct_when_the_catalog_cannot_be_read(
@@ -675,3 +675,17 @@ def test_inputs_a_text_model_would_refuse_fail_before_any_model_call(
     with pytest.raises(CloudflareInputError, match=r"inputs\[1\]: "):
         make_operator(tmp_path, inputs=[{"prompt": "a"}, item]).execute(new_try())  # type: ignore[arg-type]
     assert run_calls(emulator) == []
+
+
+def test_inputs_of_a_model_that_is_not_text_generation_are_passed_as_given(
+    tmp_path: Path, emulator: Any, conn: Any
+) -> None:
+    # Embedding models take {"text": ...}: the prompt check applies to text generation only.
+    operator = make_operator(
+        tmp_path, model="@cf/baai/bge-base-en-v1.5", inputs=[{"text": "hello"}], engine="direct", max_failure_ratio=1.0
+    )
+
+    manifest = run_to_end(operator, new_try())
+
+    assert manifest["total"] == 1
+    assert len(run_calls(emulator)) == 1  # sent, not refused before the call
