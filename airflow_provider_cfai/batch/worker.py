@@ -84,7 +84,7 @@ def open_batch(
                 check_prompt(item, f"inputs[{index}]")
         else:
             scan_inputs(location, prompts=True)
-    engine = pick_engine(engine, model, lora, entry=entry, catalog_read=entry is not None, log=log)
+    engine = pick_engine(engine, model, lora, entry=entry, log=log)
     fingerprint = {
         "inputs_sha256": summary.sha256,
         "total": summary.count,
@@ -106,19 +106,18 @@ def open_batch(
     return Batch(model, lora, output, engine, summary.count, ledger, done, state_store)
 
 
-def pick_engine(
-    choice: str, model: str, lora: str | None, *, entry: dict[str, Any] | None, catalog_read: bool, log: Logger
-) -> str:
-    """``queue`` for a model the catalog (``entry``) marks ``async_queue`` (and no lora), else ``direct``."""
+def pick_engine(choice: str, model: str, lora: str | None, *, entry: dict[str, Any] | None, log: Logger) -> str:
+    """``queue`` for a model the catalog (``entry``; ``None``: unreadable) marks ``async_queue`` (and
+    no lora), else ``direct``."""
     if choice != "auto":
         return choice
     if lora is not None:
         return "direct"  # the Batch API does not document LoRAs
-    if not catalog_read:
+    if entry is None:
         # Both engines give the same results; the catalog only picks the cheaper one.
         log.warning("The model catalog could not be read; using the direct engine")
         return "direct"
-    queue = entry is not None and _catalog.supports_async_queue(entry)
+    queue = _catalog.supports_async_queue(entry)
     marker = "async_queue" if queue else "no async_queue"
     log.info("engine='auto': %s for %s (catalog: %s)", "queue" if queue else "direct", model, marker)
     return "queue" if queue else "direct"
