@@ -10,6 +10,7 @@ inside ``execute``, never at the top.
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -81,23 +82,10 @@ class WorkersAIBatchTrigger(BaseTrigger):
         self.chunk_sizes = list(chunk_sizes) if chunk_sizes is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "cloudflare_conn_id": self.cloudflare_conn_id,
-                "engine": self.engine,
-                "model": self.model,
-                "inputs_path": self.inputs_path,
-                "output": self.output,
-                "lora": self.lora,
-                "request_ids": self.request_ids,
-                "account_id": self.account_id,
-                "concurrency": self.concurrency,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "chunk_sizes": self.chunk_sizes,
-            },
-        )
+        kwargs = inspect.signature(type(self).__init__).parameters
+        return f"{type(self).__module__}.{type(self).__qualname__}", {
+            name: getattr(self, name) for name in kwargs if name != "self"
+        }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow_provider_cfai.exceptions import AirflowFailException, CloudflareAIError
