@@ -50,7 +50,8 @@ def build_manifest(
     """Summarise a batch run.
 
     :param total: the number of inputs.
-    :param status: ``"success"`` (every input has a record) or ``"timeout"`` (the deadline came first).
+    :param status: ``"success"`` (every input has a record) or ``"timeout"`` (the deadline came first);
+        a success with transient failures left is reported as ``"incomplete"``.
     ``failure_ratio`` is failed records over written records (0.0 when nothing was written).
     """
     written = tally.written
@@ -66,7 +67,8 @@ def build_manifest(
         "usage": tally.usage,
         "request_ids": list(request_ids),
         "resumed_from": resumed_from,
-        "status": status,
+        # Items a retry must send again: not finished, whatever the engine says.
+        "status": "incomplete" if status == "success" and tally.transient else status,
         # The most common first error codes of the failed items: why a batch failed, at a glance.
         "error_codes": dict(tally.codes.most_common(_TOP_CODES)),
         "transient_failures": tally.transient,

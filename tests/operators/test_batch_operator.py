@@ -624,6 +624,7 @@ def test_a_passing_outage_is_not_final_and_the_retry_sends_exactly_the_failed_it
     assert [r["success"] for r in first] == [True, False, True, True, False, True]
     assert first[1]["error"]["transient"] is True
     assert context["ti"].xcoms["batch_manifest"]["transient_failures"] == 2
+    assert context["ti"].xcoms["batch_manifest"]["status"] == "incomplete"
     assert scan_output(output).written == 1  # not finished: a re-run cannot return it as complete
 
     calls_before = len(run_calls(emulator))
