@@ -169,7 +169,10 @@ def prepare_adapter(
     allowed = "|".join(f'"{name}"' for name in sorted(limits.model_types))
     if model_type is not None and model_type not in limits.model_types:
         raise _invalid(
-            ADAPTER_CONFIG, "model_type", f"{_show(model_type)} is not supported; Cloudflare accepts {allowed}"
+            ADAPTER_CONFIG,
+            "model_type",
+            f"{_show(model_type)} is not supported; Cloudflare accepts {allowed}"
+            + unsupported_family_hint(model_type, limits.model_types),
         )
     fs, folder, location = _resolve(source)
     config_file, weights = _find_files(fs, folder, location, limits)
@@ -184,7 +187,7 @@ def prepare_adapter(
                 ADAPTER_CONFIG,
                 "model_type",
                 f"missing, and base_model_name_or_path {_show(base_model)} does not name a model family; "
-                f"pass model_type={allowed}",
+                f"pass model_type={allowed}" + unsupported_family_hint(base_model, limits.model_types),
             )
         log.info(
             "%s has no model_type; using %r, inferred from base_model_name_or_path %r", location, chosen, base_model
@@ -208,6 +211,20 @@ def prepare_adapter(
             _InMemory(completed),
         )
     return _checked(location, config_file, weights, limits)
+
+
+def unsupported_family_hint(text: object, allowed: Iterable[str] = FAMILIES) -> str:
+    """What to do when ``text`` (a ``model_type`` or a base model) names Qwen, which Cloudflare's
+    ``model_type`` cannot express; ``""`` otherwise."""
+    if not isinstance(text, str) or "qwen" not in text.lower() or "qwen" in allowed:
+        return ""
+    return (
+        ". Qwen: Cloudflare's adapter_config.json takes model_type mistral, gemma or llama only and documents "
+        "none for Qwen, so a Qwen LoRA cannot be uploaded (the catalog's LoRA-capable "
+        "@cf/qwen/qwen2.5-coder-32b-instruct included). Train the adapter from a Mistral, Gemma or Llama base "
+        "model (e.g. mistralai/Mistral-7B-Instruct-v0.2 for @cf/mistral/mistral-7b-instruct-v0.2-lora) and "
+        "pass that family as model_type"
+    )
 
 
 def guess_family(text: str | None, families: Iterable[str] = FAMILIES) -> str | None:
@@ -361,10 +378,16 @@ def _model_type(config: dict[str, Any], base_model: str | None, limits: AdapterL
             "model_type",
             "missing; Cloudflare requires it and PEFT does not write it: "
             f'add "model_type": {allowed}{hint} to {ADAPTER_CONFIG}, or let prepare_adapter() add it '
-            "without editing the file (CreateFinetuneOperator(prepare_adapter=True))",
+            "without editing the file (CreateFinetuneOperator(prepare_adapter=True))"
+            + unsupported_family_hint(base_model, limits.model_types),
         )
     if not isinstance(value, str) or value not in limits.model_types:
-        raise _invalid(ADAPTER_CONFIG, "model_type", f"{_show(value)} is not supported; Cloudflare accepts {allowed}")
+        raise _invalid(
+            ADAPTER_CONFIG,
+            "model_type",
+            f"{_show(value)} is not supported; Cloudflare accepts {allowed}"
+            + unsupported_family_hint(value, limits.model_types),
+        )
     return value
 
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKOFF_CAP",
     "BACKOFF_FIRST",
+    "BATCH_ERROR_CODES",
     "JITTER",
     "RETRYABLE_CLIENT_STATUSES",
     "AttemptFailed",
@@ -116,14 +117,21 @@ def missing_permission(error: CloudflareAPIError) -> bool:
     return error.status == 403
 
 
+#: Cloudflare codes that are about the batch's model or finetune, not the item: no such model (5007),
+#: model takes no LoRA (5005), no such finetune (3037), a finetune of another model (3038), a finetune
+#: without its files (3039).
+BATCH_ERROR_CODES = frozenset({5005, 5007, 3037, 3038, 3039})
+
+
 def stops_the_batch(error: CloudflareAPIError) -> bool:
     """After its own retries, does this item's failure stop a whole batch evaluation?
 
-    Rejected credentials (401/403), a rate limit that outlived the retry budget (a lockout) and no
-    answer at all would fail every other item too, so the batch stops and keeps what it wrote (a
-    retry resumes it). Any other failure is the item's own and becomes a failure record.
+    Rejected credentials (401/403), a rate limit that outlived the retry budget (a lockout), no
+    answer at all, and an error about the batch's model or finetune (:data:`BATCH_ERROR_CODES`)
+    would fail every other item too, so the batch stops and keeps what it wrote. Any other failure
+    is the item's own and becomes a failure record.
     """
-    return error.status is None or error.status in (401, 403, 429)
+    return error.status is None or error.status in (401, 403, 429) or bool(BATCH_ERROR_CODES & set(error.codes))
 
 
 # -- 3: what one failed attempt means --------------------------------------------------------------

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from airflow_provider_cfai.adapters import LoraAdapter
     from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
 
-__all__ = ["DEFAULT_MAX_FINETUNES", "check_model", "check_room"]
+__all__ = ["DEFAULT_MAX_FINETUNES", "check_batch", "check_model", "check_room"]
 
 #: Cloudflare's limit on finetunes per account (April 2026; it was 30 before).
 DEFAULT_MAX_FINETUNES = 100
@@ -55,12 +55,66 @@ def check_model(
             problem = (
                 "is not in this account's Workers AI catalog" if entry is None else "does not accept LoRA adapters"
             )
+            lora_models = _lora_models(hook, account_id)
             raise PreflightCheckError(
-                f"Model {model!r} {problem}, so a finetune on it could never serve (and finetunes cannot "
-                f"be deleted). Set model to a LoRA-capable base model: {_names(_lora_models(hook, account_id))}."
+                f"Model {model!r} {problem}{_did_you_mean(model, lora_models) if entry is None else ''}, so a "
+                "finetune on it could never serve (and finetunes cannot be deleted). Set model to a LoRA-capable "
+                f"base model: {_names(lora_models)}."
             )
     if adapter is not None:
         _check_family(hook, model, entry, adapter.model_type, account_id, log)
+
+
+def check_batch(
+    hook: CloudflareAIHook,
+    model: str,
+    *,
+    lora: str | None = None,
+    account_id: str | None = None,
+    log: TaskLog,
+) -> dict[str, Any] | None:
+    """Before a batch's first item: fail unless ``model`` is in the catalog and ``lora`` is a finetune
+    of it in the account, so a typo fails once instead of once per item. Returns the model's catalog
+    entry, or ``None`` when the catalog could not be read (a warning, not a failure).
+    """
+    entry: dict[str, Any] | None = None
+    try:
+        entry = hook.get_model(model, account_id=account_id)
+        if entry is None:
+            entry = _catalog.find(hook.list_models(search=model, account_id=account_id), model)
+    except CloudflareAPIError as error:
+        log.warning("Could not read the Workers AI model catalog, so %s is not checked: %s", model, error)
+        catalog_read = False
+    else:
+        catalog_read = True
+    if catalog_read and entry is None:
+        models = _cached_models(hook, account_id)
+        raise PreflightCheckError(
+            f"Model {model!r} is not in this account's Workers AI catalog{_did_you_mean(model, models)}, so "
+            "every item would fail (Cloudflare 5007 'No such model'). Check model's spelling."
+        )
+    if lora is not None:
+        _check_batch_lora(hook, model, lora, account_id, log)
+    return entry
+
+
+def _check_batch_lora(hook: CloudflareAIHook, model: str, lora: str, account_id: str | None, log: TaskLog) -> None:
+    try:
+        finetune = hook.find_finetune(lora, account_id=account_id)
+    except CloudflareAPIError as error:
+        log.warning("Could not list the account's finetunes, so lora %r is not checked: %s", lora, error)
+        return
+    if finetune is None:
+        raise PreflightCheckError(
+            f"lora {lora!r} is neither the ID nor the name of a finetune in this account, so every item would "
+            "fail (Cloudflare 3037 'Finetune not found'). Pass the ID CreateFinetuneOperator returned "
+            "(e.g. lora=create.output) or an existing finetune's name."
+        )
+    if finetune.get("model") != model:
+        raise PreflightCheckError(
+            f"lora {lora!r} is a finetune of {finetune.get('model')!r}, not of {model!r}: set model to "
+            f"{finetune.get('model')!r}, or pass a finetune of {model!r}."
+        )
 
 
 def check_room(count: int, *, limit: int, name: str, log: TaskLog) -> None:
@@ -118,6 +172,22 @@ def _lora_models(hook: CloudflareAIHook, account_id: str | None) -> list[dict[st
         return [m for m in hook.list_cached_models(account_id=account_id) if _catalog.accepts_lora(m)]
     except CloudflareAPIError:
         return []
+
+
+def _cached_models(hook: CloudflareAIHook, account_id: str | None) -> list[dict[str, Any]]:
+    try:
+        return hook.list_cached_models(account_id=account_id)
+    except CloudflareAPIError:
+        return []
+
+
+def _did_you_mean(model: str, models: Iterable[dict[str, Any]]) -> str:
+    """``" (did you mean '…'?)"`` for the closest catalog names, or ``""``."""
+    import difflib
+
+    names = [name for name in map(_catalog.model_name, models) if name]
+    close = difflib.get_close_matches(model, names, n=2, cutoff=0.8)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 def _names(models: Iterable[dict[str, Any]]) -> str:

@@ -152,7 +152,7 @@ def child_memory(n: int) -> None:
 
 def child_queue(n: int, poll: float) -> None:
     from airflow_provider_cfai.batch.engines import plan_chunks
-    from airflow_provider_cfai.batch.items import iter_inputs
+    from airflow_provider_cfai.batch.inputs import iter_inputs
     from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
     from airflow_provider_cfai.triggers.batch import WorkersAIBatchTrigger
 

@@ -50,6 +50,7 @@ with DAG({DAG_ID!r}, schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz=
     # Pays `dags test`'s one-off start of its in-process API server, which is no part of our task.
     EmptyOperator(task_id="warm_up") >> WorkersAIBatchOperator(
         task_id="evaluate",
+        deferrable=True,
         model={MODEL!r},
         engine="direct",
         inputs={str(DAGS / "prompts.jsonl")!r},

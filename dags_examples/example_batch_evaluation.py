@@ -5,8 +5,8 @@ prompts (``data/eval_prompts.jsonl``) through the base model with and without th
 ``WorkersAIBatchOperator`` — deferrable, so no worker slot is held while the answers come in —
 score both outputs, and let the promotion task run only when the finetune scores higher.
 
-Results are JSONL files under ``$CFAI_EVAL_DIR`` (default: ``<temp dir>/cfai-eval``), one folder
-per DAG run; in production, point ``output`` at object storage (an ``ObjectStoragePath`` or an
+Results are JSONL files under ``$CFAI_EVAL_DIR`` (default: ``eval-results`` next to this file), one
+folder per DAG run; in production, point ``output`` at object storage (an ``ObjectStoragePath`` or an
 ``s3://`` URL) so workers and the triggerer share it. Run it against the local emulator with
 ``make demo``, or with ``airflow dags test example_batch_evaluation``.
 """
@@ -26,8 +26,9 @@ from airflow_provider_cfai.operators.batch import WorkersAIBatchOperator
 from airflow_provider_cfai.operators.finetune import CreateFinetuneOperator
 
 BASE_MODEL = "@cf/mistral/mistral-7b-instruct-v0.2-lora"
-EVAL_PROMPTS = str(Path(__file__).parent / "data" / "eval_prompts.jsonl")
-EVAL_DIR = os.environ.get("CFAI_EVAL_DIR") or os.path.join(tempfile.gettempdir(), "cfai-eval")
+DAG_FOLDER = Path(__file__).parent
+EVAL_PROMPTS = str(DAG_FOLDER / "data" / "eval_prompts.jsonl")
+EVAL_DIR = os.environ.get("CFAI_EVAL_DIR") or str(DAG_FOLDER / "eval-results")
 #: The finetune is trained to answer as the brand's support desk; the score looks for that voice.
 BRAND = "acme"
 
@@ -60,6 +61,7 @@ def example_batch_evaluation() -> None:
         lora=register.output,  # the finetune ID CreateFinetuneOperator pushed
         inputs=EVAL_PROMPTS,  # JSONL: a local path, an fsspec URL or an ObjectStoragePath
         output=EVAL_DIR + "/{{ run_id }}/finetune.jsonl",
+        deferrable=True,  # the triggerer waits for the answers, not a worker slot
         max_failure_ratio=0.1,  # fail the task (after writing every result) if >10% of items fail
         execution_timeout=timedelta(hours=1),  # the batch's deadline, deferral included
     )
@@ -68,6 +70,7 @@ def example_batch_evaluation() -> None:
         model=BASE_MODEL,
         inputs=EVAL_PROMPTS,
         output=EVAL_DIR + "/{{ run_id }}/base.jsonl",
+        deferrable=True,
         max_failure_ratio=0.1,
         execution_timeout=timedelta(hours=1),
     )
@@ -75,7 +78,7 @@ def example_batch_evaluation() -> None:
     @task(multiple_outputs=False)  # one dict of scores, not one XCom per key
     def score(finetune: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
         """Read both outputs from where the manifests say they are; score them the same way."""
-        from airflow_provider_cfai.batch.items import iter_outputs
+        from airflow_provider_cfai.batch.records import iter_outputs
 
         def brand_voice(output: str) -> float:
             # A stand-in metric: the share of answers given in the brand's voice (failed items score

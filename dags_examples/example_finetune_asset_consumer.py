@@ -1,10 +1,11 @@
 """Start a DAG when a new finetune is ready, and smoke-test it: data-aware scheduling on finetunes.
 
-``CreateFinetuneOperator`` adds an asset event for every finetune it creates (or reuses and
-uploads an adapter to) through the ``AssetAlias`` ``cloudflare-workers-ai-finetunes``; this DAG is
-scheduled on that alias, so the scheduler starts it after ``example_lora_pipeline`` (or any other
-DAG) registers a finetune. The events that started the run carry each finetune's ID, name and
-model in ``extra``; the smoke test runs once per finetune whose adapter was uploaded.
+An asset event is sent through the ``AssetAlias`` ``cloudflare-workers-ai-finetunes`` when a finetune
+becomes usable, i.e. once its adapter files are uploaded: by ``CreateFinetuneOperator`` when it
+uploaded ``adapter`` itself, else by ``UploadFinetuneAssetsOperator`` (a create without ``adapter``
+sends none). This DAG is scheduled on that alias, so the scheduler starts it after
+``example_lora_pipeline`` (or any other DAG) has a new finetune ready. The events that started the
+run carry each finetune's ID, name and model in ``extra``; the smoke test runs once per finetune.
 Unpause it, then run a producer DAG; a manual run has no triggering events and skips the test.
 """
 

@@ -111,7 +111,7 @@ def example_promote_finetune() -> None:
 
     @task(multiple_outputs=False)
     def score(new: dict[str, Any], live: dict[str, Any]) -> dict[str, float]:
-        from airflow_provider_cfai.batch.items import iter_outputs
+        from airflow_provider_cfai.batch.records import iter_outputs
 
         def brand_voice(output: str) -> float:
             # A stand-in metric: the share of answers in the brand's voice. Swap in your own.

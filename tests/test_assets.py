@@ -11,7 +11,7 @@ from airflow.sdk import Asset, AssetAlias
 from airflow_provider_cfai.adapter_factory import write_lora_adapter
 from airflow_provider_cfai.assets import FINETUNES_ALIAS, SCHEME, finetune_asset, finetune_uri, sanitize_uri
 from airflow_provider_cfai.exceptions import CloudflareInputError
-from airflow_provider_cfai.operators.finetune import CreateFinetuneOperator
+from airflow_provider_cfai.operators.finetune import CreateFinetuneOperator, UploadFinetuneAssetsOperator
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 MODEL = "@cf/mistral/mistral-7b-instruct-v0.2-lora"
@@ -167,8 +167,31 @@ def test_reuse_emits_an_event_only_when_it_uploaded_an_adapter(emulator: Any, tm
     assert with_upload.extra["adapter"] == str(adapter)
 
 
-def test_asset_alias_none_emits_nothing(emulator: Any) -> None:
-    _, events = run_with_events(create(asset_alias=None))
+def test_a_create_without_adapter_emits_nothing_the_upload_emits_the_event(emulator: Any, tmp_path: Path) -> None:
+    adapter = write_lora_adapter(tmp_path / "adapter")
+    finetune_id, at_create = run_with_events(create(finetune_name="two-step"))
+    upload = UploadFinetuneAssetsOperator(task_id="upload", finetune_id=finetune_id, adapter=str(adapter))
+
+    _, (event,) = run_with_events(upload)  # type: ignore[arg-type]
+
+    assert at_create == []  # no files yet: the finetune could not serve (3039)
+    assert aliases(upload) == [FINETUNES_ALIAS]
+    assert event.dest_asset_key.uri == finetune_uri(emulator.account_id, "two-step")
+    assert event.extra == {
+        "finetune_id": finetune_id,
+        "finetune_name": "two-step",
+        "model": MODEL,
+        "account_id": emulator.account_id,
+        "created": False,
+        "adapter": str(adapter),
+    }
+    silent = UploadFinetuneAssetsOperator(task_id="u2", finetune_id=finetune_id, adapter=str(adapter), asset_alias=None)
+    assert run_with_events(silent)[1] == []  # type: ignore[arg-type]
+
+
+def test_asset_alias_none_emits_nothing(emulator: Any, tmp_path: Path) -> None:
+    adapter = write_lora_adapter(tmp_path / "adapter")
+    _, events = run_with_events(create(asset_alias=None, adapter=str(adapter)))
 
     assert events == []
     assert len(emulator.finetunes()) == 1

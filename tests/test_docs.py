@@ -64,7 +64,8 @@ def test_readme_snippet_runs_after_its_readme_preamble(snippet: str) -> None:
     preamble = _preamble_for(snippet)
     wrapped = PLACEHOLDER in preamble
     source = preamble.replace(PLACEHOLDER, textwrap.indent(snippet, "    ")) if wrapped else f"{preamble}\n\n{snippet}"
-    namespace: dict[str, object] = {"__name__": "readme_snippet"}
+    # As if saved as a DAG file next to the example DAGs (a preamble may use its folder).
+    namespace: dict[str, object] = {"__name__": "readme_snippet", "__file__": str(ROOT / "dags_examples" / "x.py")}
     exec(compile(source, "README.md snippet", "exec"), namespace)  # NameError if the preamble lacks a name
 
     if wrapped:
@@ -118,3 +119,42 @@ def test_changelog_names_the_current_version() -> None:
     from airflow_provider_cfai import __version__
 
     assert f"## {__version__}" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_readme_documents_every_emulator_runtime_setting_and_control_path() -> None:
+    from airflow_provider_cfai.emulator.control import CONTROL_PREFIX, build_control_router
+    from airflow_provider_cfai.emulator.settings import RUNTIME_KEYS
+
+    undocumented = sorted(key for key in RUNTIME_KEYS if f"`{key}`" not in README)
+    assert not undocumented, f"README's emulator settings table lacks {undocumented}"
+    paths = {route.path for route in build_control_router(None).routes}  # type: ignore[arg-type]
+    assert f"{CONTROL_PREFIX}/faults" in paths
+    missing = sorted(path for path in paths if f"{path}`" not in README)
+    assert not missing, f"README's emulator control table lacks {missing}"
+
+
+def test_readme_connections_add_example_parses_and_gives_a_working_connection() -> None:
+    import shlex
+
+    from airflow.cli.cli_parser import get_parser
+    from airflow.models.connection import Connection
+
+    from airflow_provider_cfai.hooks._connection import read_settings
+
+    (block,) = _block_after("connections-add")
+    argv = shlex.split(block)
+    assert argv[:3] == ["airflow", "connections", "add"]
+    args = get_parser().parse_args(argv[1:])
+    account = "0123456789abcdef0123456789abcdef"
+    conn = Connection(
+        conn_id=args.conn_id,
+        conn_type=args.conn_type,
+        login=args.conn_login.replace("<account id>", account),
+        password=args.conn_password.replace("<api token>", "token"),
+        extra=args.conn_extra,
+    )
+
+    settings = read_settings(conn, args.conn_id, "cloudflare_ai", {})
+
+    assert (args.conn_id, settings.account_id, settings.max_retries) == ("cloudflare_ai_default", account, 5)
+    assert settings.base_url == "https://api.cloudflare.com/client/v4"

@@ -180,3 +180,12 @@ def test_a_call_that_cannot_be_looked_up_is_never_resent_blindly(failure: Any, r
     rules = policy.RetryPolicy(max_retries=3, retry_budget=10.0, resend_unknown=False)
 
     assert (rules.next_wait(failure, attempt_number=1, waited=0.0) is not None) is retried
+
+
+@pytest.mark.parametrize(
+    ("code", "stops"), [(5007, True), (3037, True), (3038, True), (3039, True), (5005, True), (5006, False)]
+)
+def test_an_error_about_the_batchs_model_or_finetune_stops_it(code: int, stops: bool) -> None:
+    error = policy.error_class(400)("POST", "/accounts/a/ai/run/m", 400, [{"code": code, "message": "x"}])
+
+    assert policy.stops_the_batch(error) is stops

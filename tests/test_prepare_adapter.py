@@ -195,3 +195,27 @@ def test_a_prepared_adapter_uploads_the_completed_config_and_the_source_weights(
     assert assets[ADAPTER_CONFIG]["sha256"] == hashlib.sha256(completed).hexdigest()
     assert assets[ADAPTER_WEIGHTS]["sha256"] == hashlib.sha256((raw / ADAPTER_WEIGHTS).read_bytes()).hexdigest()
     assert b'"model_type": "mistral"' in completed
+
+
+QWEN_FIX = r"Qwen: .*documents none for Qwen.*Train the adapter from a Mistral, Gemma or Llama base model"
+
+
+def test_raw_qwen_peft_output_is_refused_saying_what_to_do(tmp_path: Path) -> None:
+    folder = write_peft_output(tmp_path / "peft", base_model="Qwen/Qwen2.5-Coder-32B-Instruct")
+
+    with pytest.raises(AdapterValidationError, match=QWEN_FIX):
+        prepare_adapter(folder)
+    with pytest.raises(AdapterValidationError, match=QWEN_FIX):
+        load_adapter(folder)  # without prepare_adapter: the same advice
+
+
+def test_model_type_qwen_is_refused_saying_what_to_do(raw: Path) -> None:
+    from airflow_provider_cfai.exceptions import CloudflareInputError
+    from airflow_provider_cfai.operators.finetune import CreateFinetuneOperator
+
+    with pytest.raises(AdapterValidationError, match=QWEN_FIX):
+        prepare_adapter(raw, model_type="qwen")
+    with pytest.raises(CloudflareInputError, match=r"model_type must be one of .*got 'qwen'\. " + QWEN_FIX):
+        CreateFinetuneOperator(
+            task_id="c", model="@cf/qwen/qwen2.5-coder-32b-instruct", finetune_name="n", model_type="qwen"
+        )

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 __all__ = [
+    "check_writable",
     "describe",
     "exists",
     "local_path",
@@ -131,6 +132,36 @@ def write_text(location: str, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(location: str, field: str) -> None:
+    """Fail with a message naming ``location`` when a local file cannot be written there.
+
+    Checked before any call: otherwise the first write (a temporary file next to it) fails with an
+    OS error naming a file the user never chose, which Airflow would retry forever in vain. Remote
+    locations are not probed (a probe would cost a write); their errors name them already.
+    """
+    path = local_path(location)
+    if path is None:
+        return
+    parent = os.path.dirname(path)
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "it is a folder")
+        os.makedirs(parent, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cfai-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        from airflow_provider_cfai.exceptions import CloudflareInputError
+
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            reason = "one of its parent folders is a file"
+        raise CloudflareInputError(
+            f"{field} {describe(location)} cannot be written ({reason}); set {field} to a file in a folder "
+            "this task can write (its parents must be folders, not files)"
+        ) from None
 
 
 def remove(location: str) -> None:

@@ -1,6 +1,6 @@
 """The two batch engines: ``direct`` (paced ``/ai/run`` calls) and ``queue`` (the Batch API).
 
-Both write one record per input to ``output`` through :class:`~airflow_provider_cfai.batch.items.OrderedResultWriter`,
+Both write one record per input to ``output`` through :class:`~airflow_provider_cfai.batch.writer.OrderedResultWriter`,
 in input order, as results arrive, and both resume: what ``output`` already holds is never asked for
 again. Both take a ``deadline`` (epoch seconds): past it they stop, keep what was written, and return
 a manifest with ``"status": "timeout"``.
@@ -8,9 +8,11 @@ a manifest with ``"status": "timeout"``.
 **Direct.** ``concurrency`` calls at once, each waiting its turn at the credential's rate-limit gate
 (so a run spends the window without overrunning it into Cloudflare's five-minute lockout) and each
 retried on its own by the shared policy (``Retry-After`` included). An item Cloudflare refuses
-(a 4xx, or a 5xx that outlived its retries) becomes a failure record; the batch goes on. The batch
-itself stops, keeping what it wrote, when no call can succeed: rejected credentials (401/403), a
-``Retry-After`` longer than the retry budget (a lockout), or no answer at all (the network).
+becomes a failure record (marked ``transient`` for a 5xx or timeout that outlived its retries: a
+retry sends it again) and the batch goes on. The batch itself stops, keeping what it wrote, when no
+call can succeed (:func:`~airflow_provider_cfai.policy.stops_the_batch`): rejected credentials, a
+lockout, no answer at all, or an error about the model or finetune. A resumed run hands the final
+records it finds after a transient one back to the writer instead of sending their items again.
 
 **Queue.** The operator submits the chunks (:func:`plan_chunks` keeps each under the 10 MB limit) and
 records their request IDs; :func:`collect_queue` polls each one until its responses arrive, maps them
@@ -28,24 +30,19 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cfai.batch.items import (
-    BatchManifest,
-    OrderedResultWriter,
-    build_manifest,
-    failure_record,
-    iter_inputs,
-    split_item,
-    success_record,
-)
+from airflow_provider_cfai.batch.inputs import iter_inputs, split_item
+from airflow_provider_cfai.batch.manifest import BatchManifest, build_manifest
+from airflow_provider_cfai.batch.records import failure_record, is_transient, success_record
+from airflow_provider_cfai.batch.writer import OrderedResultWriter
 from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, CloudflarePermanentAPIError
-from airflow_provider_cfai.policy import stops_the_batch
+from airflow_provider_cfai.policy import is_retryable, stops_the_batch
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 
     from airflow_provider_cfai.batch.client import AsyncCloudflareClient
 
-__all__ = ["DEFAULT_MAX_BYTES", "collect_queue", "plan_chunks", "run_direct"]
+__all__ = ["DEFAULT_MAX_BYTES", "collect_queue", "plan_chunks", "run_direct", "run_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +53,44 @@ DEFAULT_MAX_BYTES = 10_000_000
 AHEAD = 512
 _READ_BATCH = 64
 _PENDING = ("queued", "running")
+_Job = tuple[int, dict[str, Any], dict[str, Any] | None]
+
+
+async def run_engine(
+    client: AsyncCloudflareClient,
+    *,
+    engine: str,
+    model: str,
+    lora: str | None,
+    inputs_path: str,
+    output: str,
+    request_ids: Sequence[str] = (),
+    chunk_sizes: Sequence[int] | None = None,
+    concurrency: int = 8,
+    poll_interval: float = 5.0,
+    deadline: float | None = None,
+) -> BatchManifest:
+    """Run one of :data:`~airflow_provider_cfai.batch.ENGINES`: the worker and the trigger both call this."""
+    if engine == "queue":
+        return await collect_queue(
+            client,
+            model=model,
+            request_ids=request_ids,
+            output=output,
+            poll_interval=poll_interval,
+            deadline=deadline,
+            chunk_sizes=chunk_sizes,
+            lora=lora,
+        )
+    return await run_direct(
+        client,
+        model=model,
+        lora=lora,
+        inputs_path=inputs_path,
+        output=output,
+        concurrency=concurrency,
+        deadline=deadline,
+    )
 
 
 # -- queue: chunking --------------------------------------------------------------------------------
@@ -157,13 +192,16 @@ async def _direct_calls(
     written = asyncio.Condition()
 
     async def feed() -> None:
-        items = iter_inputs(inputs_path, start)
+        items = _with_carried(iter_inputs(inputs_path, start), writer.carried())
         try:
             while batch := await asyncio.to_thread(_take, items, _READ_BATCH):
-                for index, item in batch:
+                for index, item, kept in batch:
                     async with written:
                         await written.wait_for(functools.partial(_room_for, index, writer))
-                    await jobs.put((index, item))
+                    if kept is not None:
+                        await writer.add(index, kept)  # final last time: not sent again
+                    else:
+                        await jobs.put((index, item))
                     read[0] = index + 1
         finally:
             # Closes the file at once, not whenever the generator is collected.
@@ -193,8 +231,15 @@ async def _call_one(
         result = await client.run_model(model, body)
     except CloudflareAPIError as error:
         if stops_the_batch(error):
-            raise error.with_context(f"item {index}") from error
-        return failure_record(index, reference, status=error.status, codes=error.codes, message=_reason(error))
+            raise error.with_context(f"The batch stopped at item {index}, an error every item would meet") from error
+        return failure_record(
+            index,
+            reference,
+            status=error.status,
+            codes=error.codes,
+            message=_reason(error),
+            transient=is_retryable(error),  # a 5xx or timeout after the retries: a retry sends it again
+        )
     return success_record(index, reference, result)
 
 
@@ -418,8 +463,24 @@ def _room_for(index: int, writer: OrderedResultWriter) -> bool:
     return index - writer.next_index < AHEAD
 
 
-def _take(items: Iterator[tuple[int, dict[str, Any]]], count: int) -> list[tuple[int, dict[str, Any]]]:
+def _take(items: Iterator[_Job], count: int) -> list[_Job]:
     return list(itertools.islice(items, count))
+
+
+def _with_carried(items: Iterator[tuple[int, dict[str, Any]]], carried: Iterator[dict[str, Any]]) -> Iterator[_Job]:
+    """Each input with its final record from the last run, if it has one (else ``None``: send it)."""
+    kept = next(carried, None)
+    try:
+        for index, item in items:
+            while kept is not None and kept.get("index", -1) < index:
+                kept = next(carried, None)
+            final = kept is not None and kept.get("index") == index and not is_transient(kept)
+            yield index, item, kept if final else None
+    finally:
+        for stream in (items, carried):
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
 
 
 def _count_inputs(inputs_path: str, start: int) -> int:

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_cfai.batch import _files
-from airflow_provider_cfai.batch.items import SIDECAR_SUFFIX
 
 __all__ = ["STATE_KEY", "Ledger", "load_ledger", "save_ledger"]
 
 log = logging.getLogger(__name__)
 
+#: The operator's record of a batch in flight (request IDs, inputs digest), next to the output.
+SIDECAR_SUFFIX = ".batch.json"
 #: The key in Airflow 3.3's task state store.
 STATE_KEY = "cfai_batch"
 _VERSION = 1

@@ -10,14 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cfai.batch import _files, items
+from airflow_provider_cfai.batch import _files
+from airflow_provider_cfai.batch.inputs import check_prompt, iter_inputs, scan_inputs, stage_inputs
 from airflow_provider_cfai.batch.ledger import Ledger, load_ledger, save_ledger
+from airflow_provider_cfai.batch.manifest import BatchManifest, build_manifest
+from airflow_provider_cfai.batch.records import OutputTally, scan_output
 from airflow_provider_cfai.exceptions import (
     BatchFailureRatioError,
     BatchTimeoutError,
-    CloudflareAPIError,
+    CloudflareAIError,
     CloudflareInputError,
 )
+from airflow_provider_cfai.hooks import _catalog
 
 __all__ = ["Batch", "finished_manifest", "open_batch", "outcome", "pick_engine", "run_engine", "submit_chunks"]
 
@@ -40,7 +44,7 @@ class Batch:
     engine: str
     total: int
     ledger: Ledger
-    done: items.OutputTally
+    done: OutputTally
     state_store: Any = None
 
     @property
@@ -64,11 +68,23 @@ def open_batch(
 
     An ``output`` without a matching ledger holds another batch's results and is removed.
     """
-    location = items.stage_inputs(inputs, output) if isinstance(inputs, list) else inputs
-    summary = items.scan_inputs(location)
+    from airflow_provider_cfai.preflight import check_batch
+
+    _files.check_writable(output, "output")
+    location = stage_inputs(inputs, output) if isinstance(inputs, list) else inputs
+    summary = scan_inputs(location)
     if summary.count == 0:
         raise CloudflareInputError(f"inputs {_files.describe(location)} holds no items; give at least one model input")
-    engine = pick_engine(engine, model, lora, hook=hook, account_id=account_id, log=log)
+    entry = check_batch(hook, model, lora=lora, account_id=account_id, log=log)
+    # Text generation (and a LoRA, which is only for text generation) takes a prompt or messages;
+    # other tasks (embeddings take "text") are left to Cloudflare.
+    if (_catalog.task_name(entry) == "Text Generation") if entry is not None else lora is not None:
+        if isinstance(inputs, list):
+            for index, item in enumerate(inputs):
+                check_prompt(item, f"inputs[{index}]")
+        else:
+            scan_inputs(location, prompts=True)
+    engine = pick_engine(engine, model, lora, entry=entry, log=log)
     fingerprint = {
         "inputs_sha256": summary.sha256,
         "total": summary.count,
@@ -84,27 +100,24 @@ def open_batch(
             _files.remove(output)
         ledger = Ledger(fingerprint, location)
         save_ledger(ledger, output, state_store=state_store)
-    done = items.scan_output(output)
+    done = scan_output(output)
     if done.written and done.written < summary.count:
         log.info("Resuming after %d of %d result(s) already in %s", done.written, summary.count, _shown(output))
     return Batch(model, lora, output, engine, summary.count, ledger, done, state_store)
 
 
-def pick_engine(choice: str, model: str, lora: str | None, *, hook: Any, account_id: str | None, log: Logger) -> str:
-    """``queue`` for a model the catalog marks ``async_queue`` (and no lora), else ``direct``."""
+def pick_engine(choice: str, model: str, lora: str | None, *, entry: dict[str, Any] | None, log: Logger) -> str:
+    """``queue`` for a model the catalog (``entry``; ``None``: unreadable) marks ``async_queue`` (and
+    no lora), else ``direct``."""
     if choice != "auto":
         return choice
     if lora is not None:
         return "direct"  # the Batch API does not document LoRAs
-    from airflow_provider_cfai.hooks._catalog import supports_async_queue
-
-    try:
-        entry = hook.get_model(model, account_id=account_id)
-    except CloudflareAPIError as error:
+    if entry is None:
         # Both engines give the same results; the catalog only picks the cheaper one.
-        log.warning("Could not read the model catalog (%s); using the direct engine", error)
+        log.warning("The model catalog could not be read; using the direct engine")
         return "direct"
-    queue = entry is not None and supports_async_queue(entry)
+    queue = _catalog.supports_async_queue(entry)
     marker = "async_queue" if queue else "no async_queue"
     log.info("engine='auto': %s for %s (catalog: %s)", "queue" if queue else "direct", model, marker)
     return "queue" if queue else "direct"
@@ -115,7 +128,7 @@ def submit_chunks(batch: Batch, hook: Any, *, account_id: str | None, log: Logge
     from airflow_provider_cfai.batch.engines import plan_chunks
 
     ledger = batch.ledger
-    chunks = plan_chunks(item for _, item in items.iter_inputs(ledger.inputs))
+    chunks = plan_chunks(item for _, item in iter_inputs(ledger.inputs))
     if ledger.request_ids:
         log.info(
             "Re-attaching to %d queued batch request(s): %s", len(ledger.request_ids), ", ".join(ledger.request_ids)
@@ -128,9 +141,9 @@ def submit_chunks(batch: Batch, hook: Any, *, account_id: str | None, log: Logge
         log.info("Queued %d input(s) as batch request %s", len(chunk), request_id)
 
 
-def finished_manifest(batch: Batch) -> items.BatchManifest:
+def finished_manifest(batch: Batch) -> BatchManifest:
     """The manifest of a batch whose output is already complete (a re-run: no API call)."""
-    return items.build_manifest(
+    return build_manifest(
         engine=batch.engine,
         model=batch.model,
         lora=batch.lora,
@@ -150,46 +163,51 @@ def run_engine(
     concurrency: int,
     poll_interval: float,
     deadline: float | None,
-) -> items.BatchManifest:
-    """Run the batch's engine here, in the worker (``deferrable=False``), as the trigger would."""
+    on_start: Callable[[Callable[[], object]], None] | None = None,
+) -> BatchManifest:
+    """Run the batch's engine here, in the worker (``deferrable=False``), as the trigger would.
+
+    :param on_start: called with a function that cancels the run from another thread (``on_kill``):
+        the engine stops and closes its output, keeping what it wrote.
+    """
     import asyncio
+    import functools
 
+    from airflow_provider_cfai.batch import engines
     from airflow_provider_cfai.batch.client import AsyncCloudflareClient
-    from airflow_provider_cfai.batch.engines import collect_queue, run_direct
 
-    async def run() -> items.BatchManifest:
+    async def run() -> BatchManifest:
         async with AsyncCloudflareClient(settings, account_id=account_id, max_connections=concurrency) as client:
-            if batch.engine == "queue":
-                return await collect_queue(
+            work = asyncio.ensure_future(
+                engines.run_engine(
                     client,
+                    engine=batch.engine,
                     model=batch.model,
-                    request_ids=batch.ledger.request_ids,
-                    chunk_sizes=batch.ledger.chunk_sizes,
+                    lora=batch.lora,
+                    inputs_path=batch.ledger.inputs,
                     output=batch.output,
+                    request_ids=batch.ledger.request_ids,
+                    chunk_sizes=batch.ledger.chunk_sizes or None,
+                    concurrency=concurrency,
                     poll_interval=poll_interval,
                     deadline=deadline,
                 )
-            return await run_direct(
-                client,
-                model=batch.model,
-                lora=batch.lora,
-                inputs_path=batch.ledger.inputs,
-                output=batch.output,
-                concurrency=concurrency,
-                deadline=deadline,
             )
+            if on_start is not None:
+                on_start(functools.partial(asyncio.get_running_loop().call_soon_threadsafe, work.cancel))
+            return await work
 
     return asyncio.run(run())
 
 
 def outcome(
-    manifest: items.BatchManifest,
+    manifest: BatchManifest,
     *,
     max_failure_ratio: float,
     execution_timeout: timedelta | None,
-    on_failure: Callable[[items.BatchManifest], None],
+    on_failure: Callable[[BatchManifest], None],
     log: Logger,
-) -> items.BatchManifest:
+) -> BatchManifest:
     """Return the manifest, or raise for a timeout or too many failed items (after ``on_failure``)."""
     where = _shown(str(manifest["output"]))
     done = manifest["succeeded"] + manifest["failed"]
@@ -209,13 +227,27 @@ def outcome(
         manifest["usage"]["total_tokens"],
         where,
     )
+    transient = manifest.get("transient_failures", 0)
+    if transient:
+        on_failure(manifest)
+        raise CloudflareAIError(
+            f"{transient} of {manifest['total']} item(s) failed for a reason that may pass (a 5xx or a timeout "
+            f"after the retries; codes: {_codes(manifest)}); a retry of this task sends exactly those items "
+            f"again, keeping the other results in {where}."
+        )
     if ratio > max_failure_ratio:
         on_failure(manifest)
         raise BatchFailureRatioError(
             f"{manifest['failed']} of {done} item(s) failed (ratio {ratio:.3f}), above "
-            f"max_failure_ratio={max_failure_ratio}; every result, failed ones with their error, is in {where}."
+            f"max_failure_ratio={max_failure_ratio}; most common Cloudflare error codes: {_codes(manifest)}. "
+            f"Every result, failed ones with their error, is in {where}."
         )
     return manifest
+
+
+def _codes(manifest: BatchManifest) -> str:
+    counts = manifest.get("error_codes") or {}
+    return ", ".join(f"{code} ({count}x)" for code, count in counts.items()) or "none"
 
 
 def _shown(location: str) -> str:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cfai._numbers import whole_number
+from airflow_provider_cfai.batch import ENGINES as BATCH_ENGINES
 from airflow_provider_cfai.exceptions import (
     AirflowFailException,
     CloudflareAIError,
@@ -23,13 +24,15 @@ from airflow_provider_cfai.operators._common import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from airflow.sdk import Context
 
-    from airflow_provider_cfai.batch.items import BatchManifest
+    from airflow_provider_cfai.batch.manifest import BatchManifest
 
 __all__ = ["WorkersAIBatchOperator"]
 
-ENGINES = ("auto", "queue", "direct")
+ENGINES = ("auto", *BATCH_ENGINES)
 #: XCom keys besides ``return_value``: the queued batches (pushed before deferring), and the manifest
 #: of a batch that failed the task (timeout, too many failures).
 REQUEST_IDS_KEY = "batch_request_ids"
@@ -55,7 +58,7 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
     Retries re-attach, never redo: queued request IDs are recorded before deferring (in
     ``<output>.batch.json``, in XCom ``batch_request_ids`` and, on Airflow 3.3+, in the task state
     store), and the direct engine resumes after the records already in ``output``. A batch that ran
-    before with the same inputs and settings and is complete is returned without any API call;
+    before with the same inputs and settings and is complete is returned without sending any item;
     delete ``output`` to run it again. ``execution_timeout`` is the batch's deadline: reaching it
     raises :class:`~airflow_provider_cfai.exceptions.BatchTimeoutError` (retried, resuming), keeping
     what was written. When more than ``max_failure_ratio`` of the items failed, the task fails with
@@ -64,36 +67,27 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
     With ``deferrable=True`` and a local ``output``, the triggerer writes the file: it must see the
     same disk as the workers (use object storage or a shared volume on multi-machine deployments).
 
-    :param model: the model, e.g. ``@cf/mistral/mistral-7b-instruct-v0.2-lora``.
+    :param model: the model, e.g. ``@cf/mistral/mistral-7b-instruct-v0.2-lora``. (templated)
     :param inputs: a list of model inputs (``{"prompt": ...}`` or ``{"messages": [...]}``, each
         optionally with ``"external_reference"``), or a JSONL file with one input per line: a local
         path, an fsspec URL or an ``ObjectStoragePath``. A list is staged to ``<output>.inputs.jsonl``.
+        (templated; from ``dag_run.conf``, set ``render_template_as_native_obj=True`` on the DAG)
     :param output: where to write the results (JSONL): a local path, an fsspec URL or an
         ``ObjectStoragePath`` (kept as ``output_location``: ``output`` is the operator's XComArg).
-    :param lora: a finetune ID or name applied to every input (direct engine).
-    :param deferrable: free the worker slot while the batch runs (default); ``False`` runs the same
-        engine in the worker.
+        (templated)
+    :param lora: a finetune ID or name applied to every input (direct engine). (templated)
+    :param deferrable: free the worker slot while the batch runs (the triggerer does the work);
+        ``False`` runs the same engine in the worker. Default: Airflow's
+        ``[operators] default_deferrable`` (``False`` unless the deployment sets it).
     :param engine: ``"auto"``, ``"queue"`` or ``"direct"``.
     :param max_failure_ratio: the share of failed items (0 to 1) the task tolerates; default 0.
     :param concurrency: direct engine: calls in flight at once.
     :param poll_interval: queue engine: seconds between polls.
-    :param account_id: overrides the connection's account ID.
-    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use.
+    :param account_id: overrides the connection's account ID. (templated)
+    :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use. (templated)
     """
 
-    template_fields: Sequence[str] = (
-        "model",
-        "inputs",
-        "output_location",
-        "lora",
-        "deferrable",
-        "engine",
-        "max_failure_ratio",
-        "concurrency",
-        "poll_interval",
-        "account_id",
-        "cloudflare_conn_id",
-    )
+    template_fields: Sequence[str] = ("model", "inputs", "output_location", "lora", "account_id", "cloudflare_conn_id")
     template_fields_renderers = {"inputs": "json"}
     ui_color = "#f6821f"
 
@@ -104,7 +98,7 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
         inputs: Any,
         output: Any,
         lora: str | None = None,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         engine: str = "auto",
         max_failure_ratio: float = 0.0,
         concurrency: int = 8,
@@ -116,11 +110,13 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
         self.inputs = inputs
         self.output_location = output
         self.lora = lora
-        self.deferrable = deferrable
+        self.deferrable = _default_deferrable() if deferrable is None else as_bool("deferrable", deferrable)
+        check_choice("engine", engine, ENGINES)
         self.engine = engine
-        self.max_failure_ratio = max_failure_ratio
-        self.concurrency = concurrency
-        self.poll_interval = poll_interval
+        self.max_failure_ratio = _number("max_failure_ratio", max_failure_ratio, high=1.0)
+        self.concurrency = _whole("concurrency", concurrency)
+        self.poll_interval = _number("poll_interval", poll_interval, high=None, open_low=True)
+        self._cancel: Callable[[], object] | None = None
         self._check(rendered=False)
 
     # -- worker -----------------------------------------------------------------------------------
@@ -149,8 +145,8 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
             context["ti"].xcom_push(key=REQUEST_IDS_KEY, value=list(batch.ledger.request_ids))
 
         deadline = self._deadline(context)
-        concurrency, poll_interval = _whole("concurrency", self.concurrency), float(self.poll_interval)
-        if as_bool("deferrable", self.deferrable):
+        concurrency, poll_interval = self.concurrency, self.poll_interval
+        if self.deferrable:
             from airflow_provider_cfai.triggers.batch import WorkersAIBatchTrigger
 
             trigger = WorkersAIBatchTrigger(
@@ -182,8 +178,12 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
             concurrency=concurrency,
             poll_interval=poll_interval,
             deadline=deadline,
+            on_start=self._set_cancel,
         )
         return self._finish(context, manifest)
+
+    def _set_cancel(self, cancel: Callable[[], object]) -> None:
+        self._cancel = cancel
 
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> BatchManifest:
         """Resume after the trigger: check its event, apply ``max_failure_ratio``, return the manifest."""
@@ -197,21 +197,23 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
             raise CloudflareAIError(f"{message}; a retry resumes after the results already written")
         return self._finish(context, manifest)  # type: ignore[arg-type]
 
+    def on_kill(self) -> None:
+        """Stop a batch running in this worker (``deferrable=False``): the engine stops at once and
+        closes ``output``, keeping every result written (a retry resumes after them). Queued Batch
+        API requests cannot be cancelled (Cloudflare has no such call); a retry re-attaches to them.
+        A deferred batch runs in the triggerer, which Airflow stops itself."""
+        cancel = self._cancel
+        if cancel is not None:
+            self.log.info("Task killed: stopping the batch; the results written so far are kept")
+            cancel()
+
     def _check(self, *, rendered: bool) -> None:
         """Validate what can be validated now; templates are checked again once rendered."""
         check_text("model", self.model)
         check_text("lora", self.lora, optional=True)
-        check_choice("engine", self.engine, ENGINES)
         _check_inputs(self.inputs, rendered=rendered)
         if rendered or not is_template(self.output_location):
             _location("output", self.output_location)
-        if rendered or not is_template(self.deferrable):
-            as_bool("deferrable", self.deferrable)
-        for field, high in (("max_failure_ratio", 1.0), ("poll_interval", None)):
-            if rendered or not is_template(getattr(self, field)):
-                _number(field, getattr(self, field), high=high, open_low=field == "poll_interval")
-        if rendered or not is_template(self.concurrency):
-            _whole("concurrency", self.concurrency)
         if self.engine == "queue" and _text(self.lora) is not None and not is_template(self.lora):
             raise CloudflareInputError(
                 "engine='queue' cannot apply a lora: Cloudflare does not document LoRAs in Batch API "
@@ -234,7 +236,7 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
 
         return worker.outcome(
             manifest,
-            max_failure_ratio=float(self.max_failure_ratio),
+            max_failure_ratio=self.max_failure_ratio,
             execution_timeout=self.execution_timeout,
             on_failure=keep_manifest,
             log=self.log,
@@ -242,6 +244,14 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
 
 
 # -- argument checks --------------------------------------------------------------------------------------
+
+
+def _default_deferrable() -> bool:
+    try:
+        from airflow.sdk import conf
+    except ImportError:  # Airflow 3.1
+        from airflow.configuration import conf  # type: ignore[assignment]
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
 def _is_list(value: Any) -> bool:
@@ -262,6 +272,12 @@ def _check_inputs(inputs: Any, *, rendered: bool) -> None:
                     f"inputs[{index}] must be a mapping such as {{'prompt': '...'}}, got {type(item).__name__}"
                 )
         return
+    if rendered and isinstance(inputs, str) and inputs.strip()[:1] in ("[", "{"):
+        raise CloudflareInputError(
+            f"inputs rendered to a string that looks like JSON ({inputs.strip()[:40]!r}...), not a list: Jinja "
+            "renders templates to strings. Set render_template_as_native_obj=True on the DAG so "
+            "'{{ dag_run.conf[...] }}' renders to a list, or pass a JSONL file's location."
+        )
     if isinstance(inputs, Mapping):
         raise CloudflareInputError(
             "inputs must be a list of model inputs or a JSONL file, not one mapping; "

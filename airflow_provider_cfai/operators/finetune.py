@@ -55,9 +55,10 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
         the folder itself is not changed. Default ``False``.
     :param model_type: ``"mistral"``, ``"gemma"`` or ``"llama"`` for the adapter, instead of inferring
         it; implies ``prepare_adapter=True``. (templated)
-    :param asset_alias: the ``AssetAlias`` (or its name) this task adds an asset event to for the
-        finetune it created, or reused and uploaded an adapter to (not for a reuse that changed
-        nothing); it joins the task's ``outlets``. Default ``"cloudflare-workers-ai-finetunes"``;
+    :param asset_alias: the ``AssetAlias`` (or its name) this task adds an asset event to once the
+        finetune can serve: when it uploaded ``adapter`` (to a new or a reused finetune). A create
+        without ``adapter`` emits nothing; :class:`UploadFinetuneAssetsOperator` emits the event
+        after its upload. It joins the task's ``outlets``. Default ``"cloudflare-workers-ai-finetunes"``;
         ``None`` emits no events. See :mod:`airflow_provider_cfai.assets`.
     :param account_id: overrides the connection's account ID. (templated)
     :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use. (templated)
@@ -98,6 +99,13 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
         check_text("finetune_name", finetune_name)
         check_choice("if_exists", if_exists, IF_EXISTS_CHOICES, templated=False)
         if model_type is not None:
+            if isinstance(model_type, str) and "qwen" in model_type.lower():
+                from airflow_provider_cfai.adapters import unsupported_family_hint
+
+                raise CloudflareInputError(
+                    f"model_type must be one of {', '.join(map(repr, MODEL_TYPES))}, got {model_type!r}"
+                    + unsupported_family_hint(model_type)
+                )
             check_choice("model_type", model_type, MODEL_TYPES)
         limit = whole_number(max_finetunes, minimum=1)
         if limit is None:
@@ -170,25 +178,13 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
         return load_adapter(self.adapter)
 
     def _alias_outlets(self) -> list[AssetAlias]:
-        """The asset alias to add to ``outlets``: none when disabled or already there."""
-        from airflow.sdk import AssetAlias
-
-        alias = self.asset_alias
-        if alias is None:
-            return []
-        if isinstance(alias, str) and alias.strip():
-            alias = self.asset_alias = AssetAlias(alias.strip())
-        if not isinstance(alias, AssetAlias):
-            raise CloudflareInputError(
-                f"asset_alias must be an AssetAlias, an alias name or None (no asset events), got {alias!r}"
-            )
-        return [] if alias in self.outlets else [alias]
+        return _alias_outlets(self)
 
     def _add_finetune_event(
         self, context: Context, finetune: dict[str, Any], *, created: bool, adapter: LoraAdapter | None
     ) -> None:
         """Record the finetune for lineage; add its asset event if this task created or uploaded to it."""
-        from airflow_provider_cfai.assets import add_finetune_event, finetune_event_extra
+        from airflow_provider_cfai.assets import finetune_event_extra
 
         extra = finetune_event_extra(
             {"name": self.finetune_name.strip(), "model": self.model.strip(), **finetune},
@@ -197,11 +193,10 @@ class CreateFinetuneOperator(CloudflareAIBaseOperator):
             adapter=adapter.location if adapter is not None else None,
         )
         self._finetune_record = extra
-        if self.asset_alias is None or not (created or adapter is not None):
-            return  # a reuse that changed nothing is no news for downstream DAGs
-        asset = add_finetune_event(context, self.asset_alias, extra)
-        if asset is not None:
-            self.log.info("Asset event for %s through alias %s", asset.uri, getattr(self.asset_alias, "name", None))
+        if self.asset_alias is None or adapter is None:
+            # Without its files a finetune cannot serve (3039): UploadFinetuneAssetsOperator sends the event.
+            return
+        _emit(self, context, extra)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Lineage | None:
         """OpenLineage (with its provider installed): the adapter folder in, the finetune out."""
@@ -240,10 +235,13 @@ class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
     The folder is validated before anything is sent, then ``finetune_id`` (an ID or a name) is
     looked up once: an unknown one fails the task before any upload. Returns the finetune's ID,
     also when given its name (XCom ``return_value``), so the next task can use it. Re-running is
-    safe: Cloudflare keeps one file per name.
+    safe: both files are sent again; whether Cloudflare then replaces a file it holds is
+    undocumented, and an HTTP 409 ("already uploaded") counts as done, keeping the file there.
 
     :param finetune_id: the finetune's ID or name, e.g. ``"{{ ti.xcom_pull('create') }}"``. (templated)
     :param adapter: an adapter folder (local path, fsspec URL or ``ObjectStoragePath``). (templated)
+    :param asset_alias: the ``AssetAlias`` (or its name) this task adds the finetune's asset event to
+        after the upload, when it can serve (as :class:`CreateFinetuneOperator`'s); ``None``: no event.
     :param account_id: overrides the connection's account ID. (templated)
     :param cloudflare_conn_id: the ``cloudflare_ai`` connection to use. (templated)
     """
@@ -255,9 +253,12 @@ class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
         *,
         finetune_id: str,
         adapter: AdapterSource,
+        asset_alias: str | AssetAlias | None = FINETUNES_ALIAS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.asset_alias = asset_alias
+        self.add_outlets(_alias_outlets(self))
         check_text("finetune_id", finetune_id)
         self.finetune_id = finetune_id
         self.adapter = adapter
@@ -279,6 +280,12 @@ class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
         self._finetune_record = finetune  # lineage names it without a second look-up
         self.hook.upload_adapter(finetune_id, adapter, account_id=self.account_id)
         self.log.info("Uploaded adapter %s to finetune %s (%s)", adapter.location, finetune_id, wanted)
+        if self.asset_alias is not None:
+            from airflow_provider_cfai.assets import finetune_event_extra
+
+            account = (self.account_id or "").strip() or self.hook.settings.account_id
+            extra = finetune_event_extra(finetune, account_id=account, created=False, adapter=adapter.location)
+            _emit(self, context, extra)  # the finetune can serve from now on
         return finetune_id
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Lineage | None:
@@ -295,3 +302,30 @@ class UploadFinetuneAssetsOperator(CloudflareAIBaseOperator):
             adapter=self.adapter,
             record=getattr(self, "_finetune_record", None),
         )
+
+
+# -- asset events (shared by both operators) ----------------------------------------------------------
+
+
+def _alias_outlets(operator: Any) -> list[AssetAlias]:
+    """The asset alias to add to ``outlets``: none when disabled or already there."""
+    from airflow.sdk import AssetAlias
+
+    alias = operator.asset_alias
+    if alias is None:
+        return []
+    if isinstance(alias, str) and alias.strip():
+        alias = operator.asset_alias = AssetAlias(alias.strip())
+    if not isinstance(alias, AssetAlias):
+        raise CloudflareInputError(
+            f"asset_alias must be an AssetAlias, an alias name or None (no asset events), got {alias!r}"
+        )
+    return [] if alias in operator.outlets else [alias]
+
+
+def _emit(operator: Any, context: Context, extra: dict[str, Any]) -> None:
+    from airflow_provider_cfai.assets import add_finetune_event
+
+    asset = add_finetune_event(context, operator.asset_alias, extra)
+    if asset is not None:
+        operator.log.info("Asset event for %s through alias %s", asset.uri, getattr(operator.asset_alias, "name", None))

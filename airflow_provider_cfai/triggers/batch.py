@@ -10,18 +10,19 @@ inside ``execute``, never at the top.
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_cfai.batch import ENGINES
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from airflow_provider_cfai.batch.items import BatchManifest
+    from airflow_provider_cfai.batch.manifest import BatchManifest
 
 __all__ = ["ENGINES", "WorkersAIBatchTrigger"]
-
-ENGINES = ("direct", "queue")
 _CONN_TYPE = "cloudflare_ai"
 
 
@@ -81,23 +82,10 @@ class WorkersAIBatchTrigger(BaseTrigger):
         self.chunk_sizes = list(chunk_sizes) if chunk_sizes is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "cloudflare_conn_id": self.cloudflare_conn_id,
-                "engine": self.engine,
-                "model": self.model,
-                "inputs_path": self.inputs_path,
-                "output": self.output,
-                "lora": self.lora,
-                "request_ids": self.request_ids,
-                "account_id": self.account_id,
-                "concurrency": self.concurrency,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "chunk_sizes": self.chunk_sizes,
-            },
-        )
+        kwargs = inspect.signature(type(self).__init__).parameters
+        return f"{type(self).__module__}.{type(self).__qualname__}", {
+            name: getattr(self, name) for name in kwargs if name != "self"
+        }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow_provider_cfai.exceptions import AirflowFailException, CloudflareAIError
@@ -129,7 +117,7 @@ class WorkersAIBatchTrigger(BaseTrigger):
         from airflow.sdk import BaseHook
 
         from airflow_provider_cfai.batch.client import AsyncCloudflareClient
-        from airflow_provider_cfai.batch.engines import collect_queue, run_direct
+        from airflow_provider_cfai.batch.engines import run_engine
         from airflow_provider_cfai.hooks._connection import read_settings
 
         conn = await BaseHook.aget_connection(self.cloudflare_conn_id)
@@ -138,25 +126,18 @@ class WorkersAIBatchTrigger(BaseTrigger):
         async with AsyncCloudflareClient(
             settings, account_id=self.account_id, max_connections=connections, logger=self.log
         ) as client:
-            if self.engine == "direct":
-                return await run_direct(
-                    client,
-                    model=self.model,
-                    lora=self.lora,
-                    inputs_path=self.inputs_path,
-                    output=self.output,
-                    concurrency=self.concurrency,
-                    deadline=self.deadline,
-                )
-            return await collect_queue(
+            return await run_engine(
                 client,
+                engine=self.engine,
                 model=self.model,
-                request_ids=self.request_ids or [],
+                lora=self.lora,
+                inputs_path=self.inputs_path,
                 output=self.output,
+                request_ids=self.request_ids or [],
+                chunk_sizes=self.chunk_sizes,
+                concurrency=self.concurrency,
                 poll_interval=self.poll_interval,
                 deadline=self.deadline,
-                chunk_sizes=self.chunk_sizes,
-                lora=self.lora,
             )
 
 

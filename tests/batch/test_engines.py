@@ -26,7 +26,7 @@ from airflow_provider_cfai.exceptions import (
 from airflow_provider_cfai.hooks._connection import ConnectionSettings
 
 if TYPE_CHECKING:
-    from airflow_provider_cfai.batch.items import BatchManifest
+    from airflow_provider_cfai.batch.manifest import BatchManifest
     from airflow_provider_cfai.testing import RunningEmulator
 
 MODEL = "@cf/meta/llama-3.1-8b-instruct"

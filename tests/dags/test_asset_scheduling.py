@@ -91,13 +91,13 @@ def test_lora_pipeline_emits_an_asset_event_per_finetune_with_its_id_name_and_mo
     assert mapped == {("register_locale_finetunes", 0), ("register_locale_finetunes", 1)}
 
 
-def test_rerun_that_reuses_finetunes_without_uploading_emits_no_new_events(airflow_db: Any, emulator: Any) -> None:
+def test_creates_without_adapter_emit_no_events_before_or_after_a_rerun(airflow_db: Any, emulator: Any) -> None:
     first = run_dag("example_cloudflare_finetune")
     second = run_dag("example_cloudflare_finetune")
 
-    assert second.state == "success"
-    assert {e["extra"]["created"] for e in asset_events(first.dag_id, first.run_id)} == {True}
-    assert len(asset_events(first.dag_id, first.run_id)) == 4
+    assert (first.state, second.state) == ("success", "success")
+    assert len(emulator.finetunes()) == 4
+    assert asset_events(first.dag_id, first.run_id) == []  # no files yet: nothing a consumer could run
     assert asset_events(second.dag_id, second.run_id) == []
 
 
@@ -137,11 +137,11 @@ def test_triggered_consumer_smoke_tests_each_new_finetune_that_has_its_files(
     consumer_unpaused: str, emulator: Any
 ) -> None:
     before = {r["run_id"] for r in asset_triggered_runs(consumer_unpaused)}
-    run_dag("example_cloudflare_finetune")  # four finetunes without adapters: nothing to run yet
+    run_dag("example_cloudflare_finetune")  # four finetunes without adapters: no events
     run_dag("example_lora_pipeline")
     create_dag_runs()
     (run_id,) = [r["run_id"] for r in asset_triggered_runs(consumer_unpaused) if r["run_id"] not in before]
-    assert len(next(r for r in asset_triggered_runs(consumer_unpaused) if r["run_id"] == run_id)["events"]) == 7
+    assert len(next(r for r in asset_triggered_runs(consumer_unpaused) if r["run_id"] == run_id)["events"]) == 3
 
     state = run_existing_dag_run(consumer_unpaused, run_id)
 

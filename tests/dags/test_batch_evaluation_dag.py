@@ -62,3 +62,42 @@ def test_promotion_runs_only_behind_a_gate_that_opens_when_the_finetune_wins(air
     assert gate.python_callable({"finetune": 0.75, "base": 0.5}) is True
     assert gate.python_callable({"finetune": 0.5, "base": 0.75}) is False
     assert gate.python_callable({"finetune": 0.5, "base": 0.5}) is False  # a tie keeps the old one
+
+
+def test_the_readme_batch_example_runs_as_written(
+    airflow_db: Any, emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's preamble with its batch snippet in place, as a user would save it, under dag.test()."""
+    import importlib.util
+    import shutil
+    import textwrap
+
+    spec = importlib.util.spec_from_file_location("readme_docs", Path(__file__).parents[1] / "test_docs.py")
+    assert spec is not None
+    assert spec.loader is not None
+    docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(docs)
+    (snippet,) = [p.values[0] for p in docs.REGIONS if p.id == "howto_operator_batch_evaluation"]
+    preamble = docs._preamble_for(snippet)
+    dags = tmp_path / "dags"
+    (dags / "data").mkdir(parents=True)
+    shutil.copy(PROMPTS, dags / "data" / "eval_prompts.jsonl")
+    (dags / "evaluate_weekly_finetune.py").write_text(
+        preamble.replace(docs.PLACEHOLDER, textwrap.indent(snippet, "    "))
+    )
+    monkeypatch.delenv("CFAI_EVAL_DIR", raising=False)
+    # dag.test() only runs DAGs it finds in a configured bundle: add the user's folder as one.
+    bundle = "airflow.dag_processing.bundles.local.LocalDagBundle"
+    bundles = [
+        {"name": "readme-dags", "classpath": bundle, "kwargs": {"path": str(dags)}},
+        {"name": "dags-folder", "classpath": bundle, "kwargs": {}},
+    ]
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
+
+    run = run_dag("evaluate_weekly_finetune", folder=dags)
+
+    assert run.state == "success"
+    manifest = xcom("evaluate_weekly_finetune", run.run_id, "evaluate_finetune")
+    assert (manifest["succeeded"], manifest["failed"]) == (len(PROMPTS.read_text().splitlines()), 0)
+    assert manifest["output"].startswith(str(dags / "eval-results"))  # inside the project, not a fixed folder
+    assert xcom("evaluate_weekly_finetune", run.run_id, "score") == {"finetune": 1.0, "base": 0.0}

@@ -8,6 +8,7 @@ import asyncio
 import functools
 import importlib
 import json
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -16,13 +17,14 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_cfai.batch.items import iter_outputs
+from airflow_provider_cfai.batch.records import iter_outputs, scan_output
 from airflow_provider_cfai.exceptions import (
     AirflowFailException,
     BatchFailureRatioError,
     BatchTimeoutError,
     CloudflareAIError,
     CloudflareInputError,
+    PreflightCheckError,
 )
 from airflow_provider_cfai.operators.batch import WorkersAIBatchOperator
 
@@ -94,6 +96,7 @@ def make_operator(tmp_path: Path, **kwargs: Any) -> WorkersAIBatchOperator:
     kwargs.setdefault("output", str(tmp_path / "out" / "results.jsonl"))
     kwargs.setdefault("cloudflare_conn_id", CONN_ID)
     kwargs.setdefault("poll_interval", 0.05)
+    kwargs.setdefault("deferrable", True)
     return WorkersAIBatchOperator(**kwargs)
 
 
@@ -144,12 +147,88 @@ def test_bad_arguments_fail_at_construction(tmp_path: Path, kwargs: dict[str, An
 
 
 def test_templates_are_checked_once_rendered_before_any_call(tmp_path: Path, emulator: Any, conn: Any) -> None:
-    operator = make_operator(tmp_path, max_failure_ratio="{{ params.ratio }}", engine="{{ params.engine }}")
-    operator.max_failure_ratio = "2"  # what the template rendered to
+    operator = make_operator(tmp_path, model="{{ params.model }}", output="{{ params.output }}")
+    operator.model, operator.output_location = PLAIN_MODEL, " "  # what the templates rendered to
 
-    with pytest.raises(CloudflareInputError, match=r"max_failure_ratio must be a number from 0\.0 to 1\.0, got '2'"):
+    with pytest.raises(CloudflareInputError, match=r"output must be a local path"):
         operator.execute(new_try())  # type: ignore[arg-type]
     assert emulator.state()["requests"] == []
+
+
+def test_names_ids_models_inputs_and_paths_are_templated_not_the_numeric_or_boolean_knobs(tmp_path: Path) -> None:
+    assert set(WorkersAIBatchOperator.template_fields) == {
+        "model",
+        "inputs",
+        "output_location",
+        "lora",
+        "account_id",
+        "cloudflare_conn_id",
+    }
+    with pytest.raises(CloudflareInputError, match="max_failure_ratio must be a number"):
+        make_operator(tmp_path, max_failure_ratio="{{ params.ratio }}")  # not templated: checked at parse
+    for field in WorkersAIBatchOperator.template_fields:
+        assert "(templated" in _param_doc(field if field != "output_location" else "output")
+
+
+def _param_doc(name: str) -> str:
+    doc = WorkersAIBatchOperator.__doc__ or ""
+    start = doc.index(f":param {name}:")
+    end = doc.find(":param ", start + 1)
+    return doc[start : end if end > 0 else None]
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, False), ("true", True), ("false", False)])
+def test_deferrable_defaults_to_the_deployments_default_deferrable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, expected: bool
+) -> None:
+    if setting is None:
+        monkeypatch.delenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", raising=False)
+    else:
+        monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", setting)
+
+    assert (
+        WorkersAIBatchOperator(task_id="b", model=PLAIN_MODEL, inputs=[{"prompt": "a"}], output="o").deferrable
+        is expected
+    )
+    assert make_operator(tmp_path, deferrable=not expected).deferrable is (not expected)  # per task
+
+
+def test_on_kill_stops_a_batch_running_in_the_worker_keeping_what_it_wrote(
+    tmp_path: Path, emulator: Any, conn: Any
+) -> None:
+    import threading
+
+    # Item 2's answer never comes in time; the kill must not wait for it.
+    rule = emulator.add_fault(path=r"/ai/run/", request_body="question 2", action="delay_after_commit", delay=60)
+    inputs = [{"prompt": f"question {i}"} for i in range(4)]
+    operator = make_operator(tmp_path, inputs=inputs, deferrable=False, concurrency=1)
+    started = threading.Event()
+    outcome: list[BaseException | object] = []
+    set_cancel = operator._set_cancel
+
+    def remember(cancel: Any) -> None:
+        set_cancel(cancel)
+        started.set()
+
+    operator._set_cancel = remember  # type: ignore[method-assign]
+
+    def run() -> None:
+        try:
+            outcome.append(operator.execute(new_try()))  # type: ignore[arg-type]
+        except BaseException as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert started.wait(30)
+    while emulator.fired(rule) == 0:  # item 2 is in flight: items 0 and 1 are written
+        worker.join(0.05)
+    operator.on_kill()
+    worker.join(30)
+
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], asyncio.CancelledError)
+    assert [r["index"] for r in iter_outputs(str(tmp_path / "out" / "results.jsonl"))] == [0, 1]
 
 
 def test_a_bad_line_in_an_inputs_file_fails_before_any_call(tmp_path: Path, emulator: Any, conn: Any) -> None:
@@ -175,7 +254,8 @@ def test_importing_the_operator_module_loads_no_engine_trigger_or_hook() -> None
     heavy = {
         "airflow_provider_cfai.batch.client",
         "airflow_provider_cfai.batch.engines",
-        "airflow_provider_cfai.batch.items",
+        "airflow_provider_cfai.batch.inputs",
+        "airflow_provider_cfai.batch.writer",
         "airflow_provider_cfai.triggers.batch",
         "airflow_provider_cfai.hooks.cloudflare_ai",
         "requests",
@@ -208,6 +288,8 @@ def test_direct_engine_writes_every_result_in_order_and_returns_a_small_manifest
         "request_ids": [],
         "resumed_from": 0,
         "status": "success",
+        "error_codes": {},
+        "transient_failures": 0,
     }
     assert manifest["usage"]["total_tokens"] > 0
     records = list(iter_outputs(output))
@@ -225,15 +307,16 @@ def test_auto_engine_queues_a_model_the_catalog_marks_async_queue(tmp_path: Path
     assert (manifest["succeeded"], manifest["total"]) == (4, 4)
 
 
-def test_auto_engine_calls_directly_with_a_lora_even_on_a_queue_model(
-    tmp_path: Path, fast_queue: Any, conn: Any
-) -> None:
-    operator = make_operator(tmp_path, model=QUEUE_MODEL, lora="some-finetune", max_failure_ratio=1.0)
+def test_auto_engine_calls_directly_with_a_lora_even_on_a_queue_model() -> None:
+    import logging
 
-    manifest = run_to_end(operator, new_try())
+    from airflow_provider_cfai.batch.worker import pick_engine
 
-    assert manifest["engine"] == "direct"
-    assert fast_queue.state()["batches"] == []
+    queue_entry = {"name": QUEUE_MODEL, "properties": [{"property_id": "async_queue", "value": True}]}
+    log = logging.getLogger("test")
+
+    assert pick_engine("auto", QUEUE_MODEL, None, entry=queue_entry, log=log) == "queue"
+    assert pick_engine("auto", QUEUE_MODEL, "ft", entry=queue_entry, log=log) == "direct"
 
 
 def test_auto_engine_falls_back_to_direct_when_the_catalog_cannot_be_read(
@@ -249,7 +332,7 @@ def test_auto_engine_falls_back_to_direct_when_the_catalog_cannot_be_read(
 
     assert fast_queue.fired(rule) >= 1
     assert manifest["engine"] == "direct"
-    assert "Could not read the model catalog" in read_logs()
+    assert "Could not read the Workers AI model catalog" in read_logs()
 
 
 def test_non_deferrable_runs_the_same_engine_in_the_worker(tmp_path: Path, fast_queue: Any, conn: Any) -> None:
@@ -361,7 +444,8 @@ def test_a_resumed_direct_run_sends_no_item_twice(tmp_path: Path, emulator: Any,
     # The fourth call loses its connection before the emulator does the work; the batch stops there.
     rule = emulator.add_fault(path=r"/ai/run/", method="POST", request_body="question 3", action="drop")
     inputs = [{"prompt": f"question {i}"} for i in range(6)]
-    with pytest.raises(CloudflareAIError, match=r"The batch failed: item 3: .* the connection .* failed") as stopped:
+    stopped_at_3 = r"The batch failed: The batch stopped at item 3, .* the connection .* failed"
+    with pytest.raises(CloudflareAIError, match=stopped_at_3) as stopped:
         run_to_end(make_operator(tmp_path, inputs=inputs, concurrency=1), new_try())
     assert not isinstance(stopped.value, AirflowFailException)  # a network failure: Airflow retries
     assert emulator.fired(rule) == 1
@@ -438,12 +522,15 @@ def test_the_trigger_gets_the_deadline_and_the_triggerer_a_later_backstop(
 def test_item_failures_fail_the_task_only_above_max_failure_ratio_after_writing_everything(
     tmp_path: Path, emulator: Any, conn: Any, max_failure_ratio: float, fails: bool
 ) -> None:
-    inputs = [{"prompt": "a"}, {"prompt": 5}, {"prompt": "c"}, {"prompt": "d"}]  # item 1: HTTP 400, for good
+    inputs = [{"prompt": "a"}, {"prompt": "too long"}, {"prompt": "c"}, {"prompt": "d"}]
+    too_long = {"success": False, "errors": [{"code": 5006, "message": "prompt too long"}]}
+    rule = emulator.add_fault(path=r"/ai/run/", request_body="too long", status=400, body=too_long)
     operator = make_operator(tmp_path, inputs=inputs, max_failure_ratio=max_failure_ratio)
     context = new_try()
 
     if fails:
-        with pytest.raises(BatchFailureRatioError, match=r"1 of 4 item\(s\) failed \(ratio 0.250\)") as raised:
+        message = r"1 of 4 item\(s\) failed \(ratio 0.250\).*most common Cloudflare error codes: 5006 \(1x\)"
+        with pytest.raises(BatchFailureRatioError, match=message) as raised:
             run_to_end(operator, context)
         assert isinstance(raised.value, AirflowFailException)  # a retry would not change it
         manifest = context["ti"].xcoms["batch_manifest"]
@@ -453,6 +540,7 @@ def test_item_failures_fail_the_task_only_above_max_failure_ratio_after_writing_
     assert (manifest["succeeded"], manifest["failed"], manifest["failure_ratio"]) == (3, 1, 0.25)
     records = list(iter_outputs(str(tmp_path / "out" / "results.jsonl")))
     assert len(records) == 4  # the output is complete either way
+    assert emulator.fired(rule) == 1
     assert records[1]["success"] is False
     assert records[1]["error"]["status"] == 400
 
@@ -473,3 +561,132 @@ def test_a_permanent_trigger_error_fails_the_task_without_retries(tmp_path: Path
 
     with pytest.raises(AirflowFailException, match="The batch failed: poll failed with HTTP 404"):
         operator.execute_complete(new_try(), event)  # type: ignore[arg-type]
+
+
+# -- fail fast, fail once ---------------------------------------------------------------------------------
+
+
+def test_a_model_typo_fails_before_the_first_item_with_a_did_you_mean(tmp_path: Path, emulator: Any, conn: Any) -> None:
+    operator = make_operator(tmp_path, model="@cf/meta/llama-3.1-8b-instrct")
+
+    with pytest.raises(PreflightCheckError, match=r"did you mean '@cf/meta/llama-3\.1-8b-instruct'") as raised:
+        operator.execute(new_try())  # type: ignore[arg-type]
+    assert "5007" in str(raised.value)
+    assert run_calls(emulator) == []
+
+
+def test_an_unknown_lora_fails_before_the_first_item(tmp_path: Path, emulator: Any, conn: Any) -> None:
+    operator = make_operator(tmp_path, model=LORA_MODEL, lora="no-such-finetune")
+
+    with pytest.raises(PreflightCheckError, match=r"lora 'no-such-finetune' is neither the ID nor the name .* 3037"):
+        operator.execute(new_try())  # type: ignore[arg-type]
+    assert run_calls(emulator) == []
+
+
+def test_a_lora_of_another_model_fails_before_the_first_item(tmp_path: Path, emulator: Any, conn: Any) -> None:
+    conn.create_finetune("@cf/google/gemma-7b-it-lora", "gemma-ft")
+    operator = make_operator(tmp_path, model=LORA_MODEL, lora="gemma-ft")
+
+    with pytest.raises(PreflightCheckError, match=r"is a finetune of '@cf/google/gemma-7b-it-lora', not of"):
+        operator.execute(new_try())  # type: ignore[arg-type]
+    assert run_calls(emulator) == []
+
+
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_a_finetune_without_files_stops_the_batch_at_its_first_item_naming_the_code(
+    tmp_path: Path, emulator: Any, conn: Any, deferrable: bool
+) -> None:
+    conn.create_finetune(LORA_MODEL, "no-files-yet")  # registered, adapter never uploaded
+    inputs = [{"prompt": f"question {i}"} for i in range(10)]
+    operator = make_operator(
+        tmp_path, model=LORA_MODEL, lora="no-files-yet", inputs=inputs, concurrency=1, deferrable=deferrable
+    )
+
+    stopped = r"item 0, an error every item would meet: .*\[3039\] Finetune is missing"
+    with pytest.raises(AirflowFailException, match=stopped):
+        run_to_end(operator, new_try())
+    assert len(run_calls(emulator)) == 1  # one call, not one per item
+
+
+def test_a_passing_outage_is_not_final_and_the_retry_sends_exactly_the_failed_items(
+    tmp_path: Path, emulator: Any, conn: Any
+) -> None:
+    inputs = [{"prompt": f"question {i}"} for i in range(6)]
+    rules = [emulator.add_fault(path=r"/ai/run/", request_body=f"question {i}", status=503) for i in (1, 4)]
+    context = new_try()
+
+    with pytest.raises(CloudflareAIError, match=r"2 of 6 item\(s\) failed for a reason that may pass") as raised:
+        run_to_end(make_operator(tmp_path, inputs=inputs), context)
+    assert not isinstance(raised.value, AirflowFailException)  # Airflow retries it
+    assert [emulator.fired(rule) for rule in rules] == [1, 1]
+    output = str(tmp_path / "out" / "results.jsonl")
+    first = list(iter_outputs(output))
+    assert [r["success"] for r in first] == [True, False, True, True, False, True]
+    assert first[1]["error"]["transient"] is True
+    assert context["ti"].xcoms["batch_manifest"]["transient_failures"] == 2
+    assert context["ti"].xcoms["batch_manifest"]["status"] == "incomplete"
+    assert scan_output(output).written == 1  # not finished: a re-run cannot return it as complete
+
+    calls_before = len(run_calls(emulator))
+    manifest = run_to_end(make_operator(tmp_path, inputs=inputs), new_try())
+
+    assert len(run_calls(emulator)) - calls_before == 2  # exactly the two failed items, nothing else
+    assert (manifest["succeeded"], manifest["failed"], manifest["transient_failures"]) == (6, 0, 0)
+    answers = [r["result"]["response"] for r in iter_outputs(output)]
+    assert answers == [f"[{PLAIN_MODEL}] question {i}" for i in range(6)]
+    assert scan_output(output).written == 6
+
+
+@pytest.mark.parametrize("where", ["proc", "parent-is-a-file"])
+def test_an_unusable_output_path_fails_for_good_naming_it(tmp_path: Path, emulator: Any, conn: Any, where: str) -> None:
+    if where == "proc":
+        output = "/proc/cfai-batch/results.jsonl"
+    else:
+        (tmp_path / "a-file").write_text("x")
+        output = str(tmp_path / "a-file" / "results.jsonl")
+
+    with pytest.raises(CloudflareInputError, match=rf"output {re.escape(output)} cannot be written") as raised:
+        make_operator(tmp_path, output=output).execute(new_try())  # type: ignore[arg-type]
+    assert isinstance(raised.value, AirflowFailException)
+    assert ".cfai-" not in str(raised.value)  # no temp file the user never chose
+    if where != "proc":
+        assert "one of its parent folders is a file" in str(raised.value)
+    assert emulator.state()["requests"] == []
+
+
+def test_inputs_templated_to_a_json_string_get_a_native_rendering_hint(tmp_path: Path) -> None:
+    operator = make_operator(tmp_path, inputs="{{ dag_run.conf['prompts'] }}")
+    operator.inputs = "[{'prompt': 'a'}]"  # what Jinja leaves without render_template_as_native_obj
+
+    with pytest.raises(CloudflareInputError, match="render_template_as_native_obj=True"):
+        operator.execute(new_try())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "item", [{"text": "hello"}, {"prompt": 42}, {"messages": "x"}], ids=["text", "prompt-number", "messages-string"]
+)
+def test_inputs_a_text_model_would_refuse_fail_before_any_model_call(
+    tmp_path: Path, emulator: Any, conn: Any, item: dict[str, Any]
+) -> None:
+    inputs = tmp_path / "prompts.jsonl"
+    inputs.write_text('{"prompt": "a"}\n' + json.dumps(item) + "\n")
+
+    with pytest.raises(CloudflareInputError, match=r"prompts\.jsonl line 2: "):
+        make_operator(tmp_path, inputs=str(inputs)).execute(new_try())  # type: ignore[arg-type]
+    with pytest.raises(CloudflareInputError, match=r"inputs\[1\]: "):
+        make_operator(tmp_path, inputs=[{"prompt": "a"}, item]).execute(new_try())  # type: ignore[arg-type]
+    assert run_calls(emulator) == []
+
+
+def test_inputs_of_a_model_that_is_not_text_generation_are_passed_as_given(
+    tmp_path: Path, emulator: Any, conn: Any
+) -> None:
+    # Embedding models take {"text": ...}: the prompt check applies to text generation only.
+    operator = make_operator(
+        tmp_path, model="@cf/baai/bge-base-en-v1.5", inputs=[{"text": "hello"}], engine="direct", max_failure_ratio=1.0
+    )
+
+    manifest = run_to_end(operator, new_try())
+
+    assert manifest["total"] == 1
+    assert len(run_calls(emulator)) == 1  # sent, not refused before the call

@@ -70,7 +70,7 @@ def test_serialize_round_trips_through_the_class_path() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"engine": "fast"}, "engine must be one of direct, queue"), ({"engine": "queue"}, "request_ids")],
+    [({"engine": "fast"}, "engine must be one of queue, direct"), ({"engine": "queue"}, "request_ids")],
     ids=["unknown-engine", "queue-without-ids"],
 )
 def test_bad_arguments_are_refused_at_construction(kwargs: dict[str, Any], match: str) -> None:

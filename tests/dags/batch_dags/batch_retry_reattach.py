@@ -13,6 +13,7 @@ from airflow_provider_cfai.operators.batch import WorkersAIBatchOperator
 with DAG("batch_retry_reattach", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False):
     WorkersAIBatchOperator(
         task_id="evaluate",
+        deferrable=True,
         model="@cf/meta/llama-3.3-70b-instruct-fp8-fast",
         engine="queue",
         inputs=[{"prompt": f"question {i}", "external_reference": f"q{i}"} for i in range(4)],

@@ -13,6 +13,7 @@ from airflow_provider_cfai.operators.batch import WorkersAIBatchOperator
 with DAG("batch_timeout", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False):
     WorkersAIBatchOperator(
         task_id="evaluate",
+        deferrable=True,
         model="@cf/meta/llama-3.1-8b-instruct",
         engine="direct",
         inputs=[{"prompt": f"question {i}"} for i in range(4)],

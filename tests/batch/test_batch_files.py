@@ -11,17 +11,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_cfai.batch.items import (
-    OrderedResultWriter,
-    build_manifest,
-    failure_record,
-    iter_inputs,
-    iter_outputs,
-    scan_inputs,
-    split_item,
-    stage_inputs,
-    success_record,
-)
+from airflow_provider_cfai.batch.inputs import iter_inputs, scan_inputs, split_item, stage_inputs
+from airflow_provider_cfai.batch.manifest import build_manifest
+from airflow_provider_cfai.batch.records import failure_record, iter_outputs, success_record
+from airflow_provider_cfai.batch.writer import OrderedResultWriter
 from airflow_provider_cfai.exceptions import AirflowFailException, CloudflareInputError
 
 
@@ -49,12 +42,42 @@ def memory_root() -> Iterator[str]:
 # -- inputs -------------------------------------------------------------------------------------------
 
 
-def test_inputs_stream_from_the_start_index_skipping_blank_lines(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "in.jsonl", '{"prompt": "a"}', "", '{"prompt": "b"}', "   ", '{"prompt": "c"}')
+def test_inputs_stream_from_the_start_index(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "in.jsonl", '{"prompt": "a"}', '{"prompt": "b"}', '{"prompt": "c"}')
 
     assert list(iter_inputs(path)) == [(0, {"prompt": "a"}), (1, {"prompt": "b"}), (2, {"prompt": "c"})]
     assert list(iter_inputs(path, start=2)) == [(2, {"prompt": "c"})]
     assert scan_inputs(path).count == 3
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_line_is_refused_naming_it_so_every_index_is_its_line_number_minus_one(
+    tmp_path: Path, blank: str
+) -> None:
+    path = write_lines(tmp_path / "in.jsonl", '{"prompt": "a"}', blank, '{"prompt": "b"}')
+
+    with pytest.raises(CloudflareInputError, match=r"in\.jsonl line 2 is blank; .*remove the blank line"):
+        scan_inputs(path)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        pytest.param({"text": "hi"}, r"a text-generation input needs 'prompt' .*keys: text", id="text"),
+        pytest.param({"prompt": 42}, r"'prompt' must be a string, got a number", id="prompt-number"),
+        pytest.param({"messages": "x"}, r"'messages' must be a non-empty list", id="messages-string"),
+        pytest.param({"messages": []}, r"'messages' must be a non-empty list", id="messages-empty"),
+        pytest.param({"messages": [{"role": "user"}]}, r"messages\[0\] must be an object", id="message-shape"),
+    ],
+)
+def test_text_generation_inputs_are_checked_naming_the_line(tmp_path: Path, item: dict[str, Any], message: str) -> None:
+    path = write_lines(tmp_path / "in.jsonl", '{"prompt": "ok"}', json.dumps(item))
+
+    assert scan_inputs(path).count == 2  # shape not asked for: any object passes
+    with pytest.raises(CloudflareInputError, match=rf"in\.jsonl line 2: {message}"):
+        scan_inputs(path, prompts=True)
+    with pytest.raises(CloudflareInputError, match=rf"inputs\[1\]: {message}"):
+        stage_inputs([{"prompt": "ok"}, item], str(tmp_path / "out.jsonl"), prompts=True)
 
 
 def test_inputs_are_read_lazily_one_line_at_a_time(tmp_path: Path) -> None:
@@ -237,7 +260,7 @@ def test_inputs_can_be_staged_and_read_on_object_storage(memory_root: str) -> No
 def test_manifest_counts_failures_and_tokens_and_hides_url_secrets(tmp_path: Path) -> None:
     with OrderedResultWriter(str(tmp_path / "out.jsonl")) as writer:
         writer.add_sync(0, ok(0, tokens=2))
-        writer.add_sync(1, failure_record(1, None, status=500, message="boom"))
+        writer.add_sync(1, failure_record(1, None, status=400, codes=[5006], message="boom"))
         writer.add_sync(2, ok(2, tokens=3))
         writer.add_sync(3, ok(3, tokens=0))
 
@@ -264,5 +287,24 @@ def test_manifest_counts_failures_and_tokens_and_hides_url_secrets(tmp_path: Pat
         "request_ids": [],
         "resumed_from": 1,
         "status": "success",
+        "error_codes": {"5006": 1},
+        "transient_failures": 0,
     }
     assert len(json.dumps(manifest)) < 1024  # small: never the results
+
+
+def test_a_run_that_stops_early_keeps_the_final_records_after_a_transient_one(tmp_path: Path) -> None:
+    output = str(tmp_path / "out.jsonl")
+    with OrderedResultWriter(output) as writer:
+        writer.add_sync(0, ok(0))
+        writer.add_sync(1, failure_record(1, None, status=503, message="busy", transient=True))
+        writer.add_sync(2, ok(2))
+
+    with OrderedResultWriter(output) as again:
+        assert again.start_index == 1  # item 1 is to be sent again
+        assert [r["index"] for r in again.carried()] == [1, 2]
+        # the run stops before item 1 has an answer (a deadline, say)
+
+    records = list(iter_outputs(output))
+    assert [r["index"] for r in records] == [0, 1, 2]  # item 2's answer was not lost
+    assert records[1]["error"]["transient"] is True
