@@ -27,6 +27,7 @@ __all__ = [
     "CloudflareAuthError",
     "CloudflareConfigError",
     "CloudflareInputError",
+    "CloudflareOutcomeUnknownError",
     "CloudflarePermanentAPIError",
     "FinetuneConflictError",
     "PreflightCheckError",
@@ -154,6 +155,15 @@ class CloudflarePermanentAPIError(CloudflareAPIError, AirflowFailException):
 
 class CloudflareAuthError(CloudflarePermanentAPIError):
     """Cloudflare rejected the credentials (HTTP 401/403)."""
+
+
+class CloudflareOutcomeUnknownError(CloudflareAPIError, AirflowFailException):
+    """A call that must not be sent twice may have been applied, and Cloudflare cannot say whether.
+
+    Raised for a Batch API submit whose answer was lost or unreadable (Cloudflare has no call that
+    lists queued batches). Airflow does not retry it: a retry would send the call again without
+    anyone deciding to. The message says what to check before re-running the task.
+    """
 
 
 class BatchTimeoutError(CloudflareAIError, AirflowTaskTimeout):

@@ -21,16 +21,16 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflarePermanentAPIError
+from airflow_provider_cfai.exceptions import CloudflareAPIError
 from airflow_provider_cfai.hooks._connection import checked_account_id, user_agent
 from airflow_provider_cfai.hooks._pacing import gate_for_settings
-from airflow_provider_cfai.hooks._responses import unwrap
+from airflow_provider_cfai.hooks._responses import BATCH_POLL, unwrap
 from airflow_provider_cfai.policy import (
     AttemptFailed,
     RetryController,
     RetryPolicy,
-    after_status,
     after_transport_failure,
+    give_up,
     log_retry,
 )
 
@@ -146,22 +146,31 @@ class AsyncCloudflareClient:
         A poll changes nothing on the server, so the policy may repeat it freely.
         """
         path = self.run_path(model)
-        result = await self.request("POST", path, json={"request_id": request_id}, params={"queueRequest": "true"})
-        if not isinstance(result, dict):
-            detail = f"expected an object as result, got {type(result).__name__}"
-            raise CloudflarePermanentAPIError("POST", path, 200, detail=detail)
+        body = {"request_id": request_id}
+        result: dict[str, Any] = await self.request(
+            "POST", path, json=body, params={"queueRequest": "true"}, needs=BATCH_POLL
+        )
         return result
 
     async def request(
-        self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        needs: tuple[str, ...] | None = None,
     ) -> Any:
         """Send one API call under the retry policy and return the envelope's ``result``.
+
+        :param needs: what a success must carry (:func:`~airflow_provider_cfai.hooks._responses.unwrap`).
 
         :raises CloudflareAPIError: (or a subclass) once the policy gives up.
         """
         from tenacity import AsyncRetrying
 
-        control = RetryController(RetryPolicy(self.settings.max_retries, self.settings.retry_budget))
+        rules = RetryPolicy(self.settings.max_retries, self.settings.retry_budget)
+        control = RetryController(rules)
         extra: dict[str, Any] = {"sleep": self._sleep} if self._sleep is not None else {}
         retrying = AsyncRetrying(
             retry=control.retry,
@@ -174,14 +183,22 @@ class AsyncCloudflareClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._send(method, path, json=json, params=params)
+                    return await self._send(method, path, json=json, params=params, needs=needs)
         except AttemptFailed as failed:
-            raise failed.error from failed.__cause__
+            raise give_up(failed, rules) from failed.__cause__
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     # -- one attempt ------------------------------------------------------------------------------
 
-    async def _send(self, method: str, path: str, *, json: Any, params: Mapping[str, str] | None) -> Any:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        params: Mapping[str, str] | None,
+        needs: tuple[str, ...] | None = None,
+    ) -> Any:
         gate = await self._rate_gate()
         ticket = await gate.acquire_async()
         headers: Mapping[str, str] | None = None
@@ -194,10 +211,7 @@ class AsyncCloudflareClient:
         finally:
             # The gate reads Ratelimit (and Ratelimit-Policy) itself; None: no answer arrived.
             await gate.release_async(ticket, headers)
-        try:
-            return unwrap(response, method, path)
-        except CloudflareAPIError as error:
-            raise after_status(error, response.headers.get("Retry-After")) from None
+        return unwrap(response, method, path, needs=needs)
 
     async def _rate_gate(self) -> Gate:
         """The process-wide gate of this connection's token (the hook's too), found on first use."""

@@ -27,14 +27,14 @@ from airflow_provider_cfai.hooks._connection import (
     read_settings,
 )
 from airflow_provider_cfai.hooks._pacing import Gate, gate_for_settings
-from airflow_provider_cfai.hooks._responses import unwrap
+from airflow_provider_cfai.hooks._responses import BATCH_POLL, BATCH_SUBMIT, unwrap
 from airflow_provider_cfai.policy import (
     AttemptFailed,
     RetryController,
     RetryPolicy,
-    after_status,
     after_transport_failure,
     asset_already_uploaded,
+    give_up,
     log_retry,
 )
 
@@ -189,11 +189,16 @@ class CloudflareAIHook(BaseHook):
         upload: Callable[[], contextlib.AbstractContextManager[tuple[IO[bytes], str]]] | None = None,
         recover: Callable[[], Any] | None = None,
         resend_unknown: bool = True,
+        needs: tuple[str, ...] | None = None,
+        unknown_context: str | None = None,
     ) -> Any:
         """Send one API call under the retry policy and return the envelope's ``result``.
 
         :param resend_unknown: ``False`` for a call that must not be repeated and cannot be looked up:
             after an attempt whose outcome is unknown, it fails instead of being sent again.
+        :param needs: what a success must carry (:func:`~airflow_provider_cfai.hooks._responses.unwrap`).
+        :param unknown_context: prefixes the error when the call gives up after an unknown outcome:
+            what may exist now and what to check.
         :param recover: for non-idempotent calls: after an attempt whose outcome is unknown (the
             request may have been applied), called before trying again, as part of the same attempt
             and the same waiting budget; a non-``None`` return value is taken as the call's result
@@ -220,12 +225,12 @@ class CloudflareAIHook(BaseHook):
                             recovered = recover()
                             if recovered is not None:
                                 return recovered
-                        return self._send(method, path, json=json, params=params, upload=upload)
+                        return self._send(method, path, json=json, params=params, upload=upload, needs=needs)
                     except AttemptFailed as failed:
                         outcome_unknown = outcome_unknown or failed.outcome_unknown
                         raise
         except AttemptFailed as failed:
-            raise failed.error from failed.__cause__
+            raise give_up(failed, rules, unknown_context=unknown_context) from failed.__cause__
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     def _send(
@@ -236,6 +241,7 @@ class CloudflareAIHook(BaseHook):
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         upload: Callable[[], contextlib.AbstractContextManager[tuple[IO[bytes], str]]] | None = None,
+        needs: tuple[str, ...] | None = None,
     ) -> Any:
         """One attempt: the answer's ``result``, or :class:`AttemptFailed` saying what the policy needs."""
         import requests
@@ -266,10 +272,7 @@ class CloudflareAIHook(BaseHook):
         finally:
             self._gate.release(window, answer)
         self.log.debug("%s %s -> HTTP %s", method, path, response.status_code)
-        try:
-            return unwrap(response, method, path)
-        except CloudflareAPIError as error:
-            raise after_status(error, response.headers.get("Retry-After")) from None
+        return unwrap(response, method, path, needs=needs)
 
     def _log_retry(self, state: RetryCallState) -> None:
         log_retry(self.log, state, attempts=self.settings.max_retries + 1)
@@ -303,7 +306,14 @@ class CloudflareAIHook(BaseHook):
             return found
 
         path = f"{self._account(account_id)}/ai/finetunes"
-        return _as_object(self._request("POST", path, json=body, recover=recover), "POST", path)
+        lost = (
+            f"Finetune {name!r} of {model} may have been created but its answer was lost; look for it by "
+            "name (find_finetune) before creating it again"
+        )
+        result: dict[str, Any] = self._request(
+            "POST", path, json=body, recover=recover, needs=("id",), unknown_context=lost
+        )
+        return result
 
     def list_finetunes(self, *, account_id: str | None = None) -> list[dict[str, Any]]:
         """List the account's finetunes as a flat list.
@@ -491,8 +501,10 @@ class CloudflareAIHook(BaseHook):
         """Queue inputs on the Batch API (``POST /accounts/{id}/ai/run/{model}?queueRequest=true``).
 
         Cloudflare has no call to find a queued batch again, so a submit whose outcome is unknown (a
-        timeout or 5xx after sending) is not re-sent: it fails, rather than maybe queueing the inputs
-        twice. Callers record the returned ``request_id`` at once.
+        timeout or 5xx after sending, an unreadable answer, one without ``request_id``) is not
+        re-sent: it fails with :class:`~airflow_provider_cfai.exceptions.CloudflareOutcomeUnknownError`,
+        which Airflow does not retry, rather than maybe queueing the inputs twice. Callers record the
+        returned ``request_id`` at once.
 
         :param requests: the model's normal inputs, each optionally with ``external_reference``; the
             whole payload must stay under 10 MB (``batch.engines.plan_chunks`` splits it).
@@ -509,10 +521,21 @@ class CloudflareAIHook(BaseHook):
                 )
         path = f"{self._account(account_id)}/ai/run/{quote(model, safe='/@')}"
         body = {"requests": [dict(item) for item in items]}
-        answer = self._request("POST", path, json=body, params={"queueRequest": "true"}, resend_unknown=False)
-        result = _as_object(answer, "POST", path)
-        if not isinstance(result.get("request_id"), str) or not result["request_id"]:
-            raise CloudflareAPIError("POST", path, 200, detail="the queued batch's answer has no request_id")
+        lost = (
+            f"A Batch API submit of {len(items)} input(s) to {model} may have been queued, but its answer was "
+            "lost or had no request_id, and Cloudflare cannot list queued batches, so it is not sent again. "
+            "Check the account's Workers AI usage for this model before re-running the task: a re-run "
+            "submits these inputs again"
+        )
+        result: dict[str, Any] = self._request(
+            "POST",
+            path,
+            json=body,
+            params={"queueRequest": "true"},
+            resend_unknown=False,
+            needs=BATCH_SUBMIT,
+            unknown_context=lost,
+        )
         return result
 
     def poll_batch(self, model: str, request_id: str, *, account_id: str | None = None) -> dict[str, Any]:
@@ -524,7 +547,10 @@ class CloudflareAIHook(BaseHook):
         model, request_id = _required("model", model), _required("request_id", request_id)
         path = f"{self._account(account_id)}/ai/run/{quote(model, safe='/@')}"
         body = {"request_id": request_id}
-        return _as_object(self._request("POST", path, json=body, params={"queueRequest": "true"}), "POST", path)
+        result: dict[str, Any] = self._request(
+            "POST", path, json=body, params={"queueRequest": "true"}, needs=BATCH_POLL
+        )
+        return result
 
     # -- connection checks ------------------------------------------------------------------------
 
@@ -534,15 +560,14 @@ class CloudflareAIHook(BaseHook):
             raise CloudflareConfigError("Token verification needs an API token; this connection uses email + api_key")
         path = f"{self._account(None)}/tokens/verify"
         try:
-            result = self._request("GET", path)
+            result: dict[str, Any] = self._request("GET", path, needs=())
         except CloudflarePermanentAPIError as account_error:
             # Each endpoint rejects the other kind of token, so a refusal here is not final yet.
-            path = "/user/tokens/verify"
             try:
-                result = self._request("GET", path)
+                result = self._request("GET", "/user/tokens/verify", needs=())
             except CloudflarePermanentAPIError:
                 raise account_error from None
-        return _as_object(result, "GET", path)
+        return result
 
     def test_connection(self) -> tuple[bool, str]:
         """Check credentials and account read-only; never raises and never echoes a secret."""
@@ -588,16 +613,6 @@ def _required(name: str, value: Any) -> str:
 def _oldest(finetunes: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     """The earliest-created finetune, for accounts where a name was registered more than once."""
     return min(finetunes, key=lambda f: str(f.get("created_at", "")), default=None)
-
-
-def _as_object(result: Any, method: str, path: str) -> dict[str, Any]:
-    if isinstance(result, list) and len(result) == 1 and isinstance(result[0], dict):
-        result = result[0]
-    if not isinstance(result, dict):
-        raise CloudflareAPIError(
-            method, path, 200, detail=f"expected an object in 'result', got {type(result).__name__}"
-        )
-    return result
 
 
 def _flatten(result: Any) -> list[dict[str, Any]]:

@@ -192,6 +192,48 @@ def test_create_with_unknown_outcome_is_not_duplicated(hook: Any, emulator: Any,
     assert calls(emulator, "POST") == (1 if action == "drop_after_commit" else 2)
 
 
+@pytest.mark.parametrize(
+    "garble",
+    [
+        pytest.param({}, id="truncated-json"),
+        pytest.param({"html": True}, id="html-page"),
+        pytest.param({"body": ["not", "an", "envelope"]}, id="json-not-an-envelope"),
+        pytest.param({"body": {"success": True, "errors": [], "result": {"name": "bot"}}}, id="envelope-without-id"),
+    ],
+)
+def test_create_answered_with_a_garbled_200_after_it_was_applied_returns_the_one_finetune(
+    hook: Any, emulator: Any, garble: dict[str, Any]
+) -> None:
+    hook._sleep = lambda seconds: None
+    rule = emulator.add_fault(method="POST", path=CREATE, action="garble_after_commit", **garble)
+
+    created = hook.create_finetune(MODEL, "bot")
+
+    (held,) = emulator.finetunes()
+    assert created["id"] == held["id"]
+    assert emulator.fired(rule) == 1
+    assert calls(emulator, "POST") == 1  # looked up, never re-sent
+
+
+def test_a_create_whose_answers_stay_garbled_fails_naming_the_finetune_to_look_for(
+    make_hook: Any, emulator: Any
+) -> None:
+    hook = make_hook(max_retries=2)
+    hook._sleep = lambda seconds: None
+    garbled = emulator.add_fault(method="POST", path=CREATE, action="garble_after_commit", html=True)
+    listing = emulator.add_fault(method="GET", path=LIST, times=5, status=503)
+
+    with pytest.raises(CloudflareAPIError) as caught:
+        hook.create_finetune(MODEL, "bot")
+
+    assert emulator.fired(garbled) == 1
+    assert emulator.fired(listing) == 2  # each retry looked the name up instead of creating again
+    assert calls(emulator, "POST") == 1
+    assert len(emulator.finetunes()) == 1
+    assert "Finetune 'bot' of " + MODEL + " may have been created" in str(caught.value)
+    assert "find_finetune" in str(caught.value)
+
+
 def test_slow_create_after_commit_is_not_duplicated(make_hook: Any, emulator: Any) -> None:
     hook = make_hook(timeout=1)
     rule = emulator.add_fault(method="POST", path=CREATE, times=1, action="delay_after_commit", delay=3)
