@@ -172,3 +172,36 @@ def test_poll_batch_answers_a_pending_requests_status(emulator: RunningEmulator)
     result = asyncio.run(main())
 
     assert result == {"status": "queued", "request_id": submitted["request_id"], "model": model}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param({"html": True}, id="html-page"),
+        pytest.param({"body": {"success": True, "errors": [], "result": ["not", "an", "object"]}}, id="not-an-object"),
+        pytest.param({"body": {"success": True, "errors": [], "result": {"model": "m"}}}, id="no-status-no-responses"),
+    ],
+)
+def test_a_malformed_poll_answer_gets_the_same_class_from_both_hooks(
+    emulator: RunningEmulator, make_hook: Any, answer: dict[str, Any]
+) -> None:
+    model = "@cf/meta/llama-3.3-70b-instruct-fp8-fast"
+    poll = {"path": RUN, "method": "POST", "request_body": '"request_id"', "status": 200, "times": 2, **answer}
+    settings = settings_for(emulator, max_retries=1)
+
+    async def poll_async() -> Any:
+        async with AsyncCloudflareClient(settings, sleep=FakeSleep()) as client:
+            return await client.poll_batch(model, "rq-1")
+
+    hook = make_hook(max_retries=1)
+    hook._sleep = lambda seconds: None
+    sync_rule = emulator.add_fault(**poll)
+    with pytest.raises(CloudflareAPIError) as from_sync:
+        hook.poll_batch(model, "rq-1")
+    async_rule = emulator.add_fault(**poll)
+    with pytest.raises(CloudflareAPIError) as from_async:
+        asyncio.run(poll_async())
+
+    assert type(from_sync.value) is type(from_async.value) is CloudflareAPIError  # retried, Airflow may retry
+    assert str(from_sync.value) == str(from_async.value)
+    assert (emulator.fired(sync_rule), emulator.fired(async_rule)) == (2, 2)

@@ -234,6 +234,27 @@ def test_a_create_whose_answers_stay_garbled_fails_naming_the_finetune_to_look_f
     assert "find_finetune" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("other_model", "other_name"),
+    [("@cf/google/gemma-7b-it-lora", "bot"), (MODEL, "bot-2")],
+    ids=["same-name-other-model", "same-model-other-name"],
+)
+@pytest.mark.parametrize("action", ["drop_after_commit", "garble_after_commit"])
+def test_the_look_up_after_an_unknown_create_matches_name_and_model(
+    hook: Any, emulator: Any, action: str, other_model: str, other_name: str
+) -> None:
+    other = hook.create_finetune(other_model, other_name)  # older, and not the one being created
+    hook._sleep = lambda seconds: None
+    rule = emulator.add_fault(method="POST", path=CREATE, action=action)
+
+    created = hook.create_finetune(MODEL, "bot")
+
+    assert emulator.fired(rule) == 1
+    assert (created["name"], created["model"]) == ("bot", MODEL)
+    assert created["id"] != other["id"]
+    assert len(emulator.finetunes()) == 2
+
+
 def test_slow_create_after_commit_is_not_duplicated(make_hook: Any, emulator: Any) -> None:
     hook = make_hook(timeout=1)
     rule = emulator.add_fault(method="POST", path=CREATE, times=1, action="delay_after_commit", delay=3)
