@@ -85,8 +85,7 @@ def read_settings(conn: Connection, conn_id: str, conn_type: str, overrides: Map
     if not isinstance(proxies, Mapping):
         raise CloudflareConfigError(f"Connection {name!r}: extra 'proxies' must be a JSON object.")
     for proxy in proxies.values():
-        if "@" in str(proxy):
-            mask_secret(str(proxy))
+        _mask_url_credentials(str(proxy))
     verify = extras.get("verify", True)
     return ConnectionSettings(
         account_id=checked_account_id(account_id),
@@ -101,6 +100,21 @@ def read_settings(conn: Connection, conn_id: str, conn_type: str, overrides: Map
         api_key=None if token else api_key,
         **_pacing_extras(name, extras),
     )
+
+
+def _mask_url_credentials(url: str) -> None:
+    """Mask a URL that carries credentials, and its password on its own (a message may quote just that)."""
+    from airflow.sdk.log import mask_secret
+
+    if "@" not in url:
+        return
+    mask_secret(url)
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        mask_secret(password)
 
 
 def _pacing_extras(conn_id: str, extras: Mapping[str, Any]) -> dict[str, Any]:
