@@ -117,7 +117,14 @@ class CloudflareAPIError(CloudflareAIError):
 
     def with_context(self, context: str) -> CloudflareAPIError:
         """Return the same error (same class, same retry behaviour) prefixed with ``context``."""
+        if self.context:
+            context = f"{context}: {self.context}"
         return type(self)(self.method, self.path, self.status, self.errors, detail=self.detail, context=context)
+
+    def with_hint(self, hint: str) -> CloudflareAPIError:
+        """Return the same error (same class) with ``hint``, what to fix, after what Cloudflare said."""
+        detail = f"{self.detail}; {hint}" if self.detail else hint
+        return type(self)(self.method, self.path, self.status, self.errors, detail=detail, context=self.context)
 
     def __str__(self) -> str:
         outcome = f"failed with HTTP {self.status}" if self.status is not None else "failed"

@@ -272,3 +272,27 @@ def _extras(raw: Mapping[str, Any], conn_type: str) -> dict[str, Any]:
     extras = {key.removeprefix(prefix): value for key, value in raw.items() if key.startswith(prefix)}
     extras.update({key: value for key, value in raw.items() if not key.startswith(prefix)})
     return {key: value for key, value in extras.items() if value not in (None, "")}
+
+
+def credentials_hint(settings: ConnectionSettings, conn_id: str, status: int | None, codes: list[int]) -> str | None:
+    """What to fix in the connection when Cloudflare refused its account or credentials, else ``None``.
+
+    The same words for a task's error and for ``airflow connections test``.
+    """
+    if 7003 in codes:
+        # "Could not route to /accounts/…": the account part of the path is what is wrong.
+        return (
+            f"Cloudflare has no account {settings.account_id!r} for these credentials; check the login (the "
+            f"account ID) of Airflow connection {conn_id!r}, not the token"
+        )
+    if status not in (401, 403):
+        return None
+    if settings.token:
+        return (
+            f"Cloudflare refused the API token of Airflow connection {conn_id!r}; check that its password is an "
+            f"active token with permission 'Workers AI Write' (try `airflow connections test {conn_id}`)"
+        )
+    return (
+        f"Cloudflare refused the email and Global API key of Airflow connection {conn_id!r}; check its extras "
+        "'email' and 'api_key'"
+    )

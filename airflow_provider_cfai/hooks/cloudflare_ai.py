@@ -23,6 +23,7 @@ from airflow_provider_cfai.exceptions import (
 from airflow_provider_cfai.hooks._connection import (
     ConnectionSettings,
     checked_account_id,
+    credentials_hint,
     missing_connection_error,
     read_settings,
 )
@@ -230,7 +231,9 @@ class CloudflareAIHook(BaseHook):
                         outcome_unknown = outcome_unknown or failed.outcome_unknown
                         raise
         except AttemptFailed as failed:
-            raise give_up(failed, rules, unknown_context=unknown_context) from failed.__cause__
+            error = give_up(failed, rules, unknown_context=unknown_context)
+            hint = credentials_hint(self.settings, self.cloudflare_conn_id, error.status, error.codes)
+            raise (error.with_hint(hint) if hint else error) from failed.__cause__
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     def _send(
@@ -583,15 +586,8 @@ class CloudflareAIHook(BaseHook):
                 token_note = "API token active"
             step = "listing finetunes"
             count = len(self.list_finetunes())
-        except CloudflareAPIError as error:
-            if 7003 in error.codes:
-                # "Could not route to /accounts/…": the account part of the path is what is wrong.
-                return False, (
-                    f"Failed while {step}: Cloudflare has no account {self.settings.account_id!r} for this "
-                    f"token ({error}); check the connection's login (the account ID), not the token."
-                )
-            return False, f"Failed while {step}: {error}"
         except CloudflareAIError as error:
+            # A refused account or token carries its hint (credentials_hint) in the message already.
             return False, f"Failed while {step}: {error}"
         except Exception as error:
             return False, f"Failed while {step}: {type(error).__name__}"

@@ -95,6 +95,44 @@ def test_wrong_account_is_permanent_7003(make_hook: Any) -> None:
 
     assert caught.value.status == 404
     assert caught.value.codes == [7003]
+    message = str(caught.value)
+    assert message.startswith("GET /accounts/")  # what failed first, then what to fix
+    assert "[7003]" in message
+    assert "check the login (the account ID) of Airflow connection 'cfai_test', not the token" in message
+
+
+@pytest.mark.parametrize(
+    ("fields", "fix"),
+    [
+        pytest.param(
+            {"password": "wrong-token-0123456789"},
+            "refused the API token of Airflow connection 'cfai_test'; check that its password is an active token",
+            id="api-token",
+        ),
+        pytest.param(
+            {"password": "", "email": "ml-team@example.com", "api_key": "wrong-key-0123456789"},
+            "refused the email and Global API key of Airflow connection 'cfai_test'; check its extras",
+            id="global-api-key",
+        ),
+    ],
+)
+def test_rejected_credentials_name_the_connection_and_the_fix(
+    make_hook: Any, emulator_with_legacy_key: Any, fields: dict[str, Any], fix: str
+) -> None:
+    with pytest.raises(CloudflareAuthError) as caught:
+        make_hook(**fields).list_finetunes()
+
+    message = str(caught.value)
+    assert "HTTP 401: [10000]" in message
+    assert fix in message
+    assert "wrong-" not in message
+
+
+def test_other_refusals_get_no_credentials_hint(hook: CloudflareAIHook) -> None:
+    with pytest.raises(CloudflarePermanentAPIError) as caught:
+        hook.run_model(MODEL, {"nothing": "here"})
+
+    assert "Airflow connection" not in str(caught.value)
 
 
 def test_account_id_argument_overrides_connection(hook: CloudflareAIHook) -> None:
@@ -225,3 +263,15 @@ def test_api_error_message_lists_every_error(hook: CloudflareAIHook, emulator: A
     assert emulator.fired(rule) == 1
     assert str(caught.value).endswith("failed with HTTP 400: [1001] first; [1002] second")
     assert caught.value.errors == body["errors"]  # every item, unknown keys included
+
+
+def test_context_and_hints_add_up_instead_of_replacing_each_other() -> None:
+    error = CloudflarePermanentAPIError("GET", "/accounts/a/ai/finetunes", 404, [{"code": 7003, "message": "route"}])
+
+    layered = error.with_hint("check the login").with_context("item 3").with_context("batch b")
+
+    assert (
+        str(layered)
+        == "batch b: item 3: GET /accounts/a/ai/finetunes failed with HTTP 404: [7003] route (check the login)"
+    )
+    assert type(layered) is CloudflarePermanentAPIError

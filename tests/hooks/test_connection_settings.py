@@ -196,7 +196,8 @@ def test_test_connection_blames_the_account_id_for_7003(make_hook: Any, emulator
     ok, message = make_hook(login="f" * 32).test_connection()
 
     assert not ok
-    assert "check the connection's login (the account ID), not the token" in message
+    assert message.startswith("Failed while verifying the API token: ")
+    assert "check the login (the account ID) of Airflow connection 'cfai_test', not the token" in message
     assert "[7003]" in message
     assert emulator.token not in message
 
@@ -277,7 +278,10 @@ def test_airflows_masker_then_redacts_the_proxy_password_in_a_message(masked: li
     masker = getattr(sdk_log, "_secrets_masker", None)
     if masker is None:  # pragma: no cover - Airflow 3.1 keeps the masker elsewhere; the table above still checks
         pytest.skip("this Airflow has no airflow.sdk.log._secrets_masker")
-    _read("api-token-0123456789abcdef", proxies={"https": "http://u:proxy-pa55word-2@proxy.internal:3128"})
+    import uuid
 
-    assert masker().redact("proxy refused: proxy-pa55word-2") == "proxy refused: ***"
-    assert "proxy-pa55word-2" in masked
+    password = f"pw{uuid.uuid4().hex}"  # the masker is process-wide: a secret no other test masked
+    _read("api-token-0123456789abcdef", proxies={"https": f"http://u:{password}@proxy.internal:3128"})
+
+    assert masker().redact(f"proxy refused: {password}.") == "proxy refused: ***."
+    assert password in masked
