@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from airflow_provider_cfai.exceptions import CloudflareConfigError
+from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareAuthError, CloudflareConfigError
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -274,18 +274,18 @@ def _extras(raw: Mapping[str, Any], conn_type: str) -> dict[str, Any]:
     return {key: value for key, value in extras.items() if value not in (None, "")}
 
 
-def credentials_hint(settings: ConnectionSettings, conn_id: str, status: int | None, codes: list[int]) -> str | None:
+def credentials_hint(settings: ConnectionSettings, conn_id: str, error: CloudflareAPIError) -> str | None:
     """What to fix in the connection when Cloudflare refused its account or credentials, else ``None``.
 
     The same words for a task's error and for ``airflow connections test``.
     """
-    if 7003 in codes:
+    if 7003 in error.codes:
         # "Could not route to /accounts/…": the account part of the path is what is wrong.
         return (
             f"Cloudflare has no account {settings.account_id!r} for these credentials; check the login (the "
             f"account ID) of Airflow connection {conn_id!r}, not the token"
         )
-    if status not in (401, 403):
+    if not isinstance(error, CloudflareAuthError):
         return None
     if settings.token:
         return (

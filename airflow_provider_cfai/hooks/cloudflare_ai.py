@@ -232,7 +232,7 @@ class CloudflareAIHook(BaseHook):
                         raise
         except AttemptFailed as failed:
             error = give_up(failed, rules, unknown_context=unknown_context)
-            hint = credentials_hint(self.settings, self.cloudflare_conn_id, error.status, error.codes)
+            hint = credentials_hint(self.settings, self.cloudflare_conn_id, error)
             raise (error.with_hint(hint) if hint else error) from failed.__cause__
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
