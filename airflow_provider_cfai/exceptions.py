@@ -31,6 +31,7 @@ __all__ = [
     "CloudflarePermanentAPIError",
     "FinetuneConflictError",
     "PreflightCheckError",
+    "format_errors",
 ]
 
 
@@ -73,7 +74,8 @@ class PreflightCheckError(CloudflareInputError):
     """
 
 
-def _format_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+def format_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    """Cloudflare's error items as ``[code] message; [code] message`` (the message alone without a code)."""
     parts = []
     for item in errors:
         code = item.get("code")
@@ -129,7 +131,7 @@ class CloudflareAPIError(CloudflareAIError):
     def __str__(self) -> str:
         outcome = f"failed with HTTP {self.status}" if self.status is not None else "failed"
         text = f"{self.method} {self.path} {outcome}"
-        reasons = _format_errors(self.errors)
+        reasons = format_errors(self.errors)
         if reasons:
             text += f": {reasons}"
         if self.detail:

@@ -2,7 +2,7 @@
 
 * :mod:`~airflow_provider_cfai.batch.items` — reading inputs, the output records, the ordered
   (resumable) writer and the manifest;
-* :mod:`~airflow_provider_cfai.batch.client` — the async HTTP client the trigger uses;
+* the engines call the API through :class:`~airflow_provider_cfai.hooks.cloudflare_ai_async.CloudflareAIAsyncHook`;
 * :mod:`~airflow_provider_cfai.batch.engines` — the two engines: ``direct`` (paced ``/ai/run`` calls)
   and ``queue`` (Cloudflare's asynchronous Batch API).
 

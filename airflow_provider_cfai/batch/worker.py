@@ -154,11 +154,13 @@ def run_engine(
     """Run the batch's engine here, in the worker (``deferrable=False``), as the trigger would."""
     import asyncio
 
-    from airflow_provider_cfai.batch.client import AsyncCloudflareClient
     from airflow_provider_cfai.batch.engines import collect_queue, run_direct
+    from airflow_provider_cfai.hooks.cloudflare_ai_async import CloudflareAIAsyncHook
 
     async def run() -> items.BatchManifest:
-        async with AsyncCloudflareClient(settings, account_id=account_id, max_connections=concurrency) as client:
+        async with CloudflareAIAsyncHook(
+            settings=settings, account_id=account_id, max_connections=concurrency
+        ) as client:
             if batch.engine == "queue":
                 return await collect_queue(
                     client,

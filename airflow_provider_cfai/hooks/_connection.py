@@ -296,3 +296,16 @@ def credentials_hint(settings: ConnectionSettings, conn_id: str, error: Cloudfla
         f"Cloudflare refused the email and Global API key of Airflow connection {conn_id!r}; check its extras "
         "'email' and 'api_key'"
     )
+
+
+def origin(base_url: str) -> str:
+    """``scheme://host:port`` of a URL: where a request went, without path, query or credentials.
+
+    How both hooks name the server in their messages (an IPv6 host in brackets).
+    """
+    parts = urlsplit(base_url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{host}:{port}"

@@ -23,25 +23,18 @@ from airflow_provider_cfai.exceptions import (
 from airflow_provider_cfai.hooks._connection import (
     ConnectionSettings,
     checked_account_id,
-    credentials_hint,
     missing_connection_error,
     read_settings,
 )
 from airflow_provider_cfai.hooks._pacing import Gate, gate_for_settings
 from airflow_provider_cfai.hooks._responses import BATCH_POLL, BATCH_SUBMIT, unwrap
 from airflow_provider_cfai.policy import (
-    AttemptFailed,
-    RetryController,
-    RetryPolicy,
     after_transport_failure,
     asset_already_uploaded,
-    give_up,
-    log_retry,
 )
 
 if TYPE_CHECKING:
     import requests
-    from tenacity import RetryCallState
 
     from airflow_provider_cfai.adapters import AdapterSource
 
@@ -65,7 +58,9 @@ class CloudflareAIHook(BaseHook):
     Every call follows :mod:`airflow_provider_cfai.policy`: 429 waits ``Retry-After``; 5xx, 408,
     dropped connections and timeouts back off exponentially with jitter; other 4xx fail at once;
     ``retry_budget`` bounds the time spent waiting between attempts. A create whose outcome is
-    unknown is never re-sent blindly: the hook looks the name up first.
+    unknown is never re-sent blindly: the hook looks the name up first. Its async twin, for the
+    triggerer and the batch engines, is
+    :class:`~airflow_provider_cfai.hooks.cloudflare_ai_async.CloudflareAIAsyncHook`.
 
     :param cloudflare_conn_id: the Airflow connection to use.
     :param timeout: overrides the connection's ``timeout`` extra (seconds per request).
@@ -205,36 +200,20 @@ class CloudflareAIHook(BaseHook):
             and the same waiting budget; a non-``None`` return value is taken as the call's result
             instead of re-sending. It must make single attempts (``_send``), never retry on its own.
         """
-        from tenacity import Retrying
+        from airflow_provider_cfai.hooks._retry import RetryLoop
 
-        rules = RetryPolicy(self.settings.max_retries, self.settings.retry_budget, resend_unknown=resend_unknown)
-        control = RetryController(rules)
-        retrying = Retrying(
-            retry=control.retry,
-            stop=control.stop,
-            wait=control.wait,
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
+        loop = RetryLoop(
+            self.settings,
+            self.cloudflare_conn_id,
+            log=self.log,
+            resend_unknown=resend_unknown,
+            unknown_context=unknown_context,
         )
-        outcome_unknown = False
-        try:
-            for attempt in retrying:
-                with attempt:
-                    try:
-                        if outcome_unknown and recover is not None:
-                            recovered = recover()
-                            if recovered is not None:
-                                return recovered
-                        return self._send(method, path, json=json, params=params, upload=upload, needs=needs)
-                    except AttemptFailed as failed:
-                        outcome_unknown = outcome_unknown or failed.outcome_unknown
-                        raise
-        except AttemptFailed as failed:
-            error = give_up(failed, rules, unknown_context=unknown_context)
-            hint = credentials_hint(self.settings, self.cloudflare_conn_id, error)
-            raise (error.with_hint(hint) if hint else error) from failed.__cause__
-        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+        def send() -> Any:
+            return self._send(method, path, json=json, params=params, upload=upload, needs=needs)
+
+        return loop.run(send, recover=recover, sleep=self._sleep)
 
     def _send(
         self,
@@ -276,9 +255,6 @@ class CloudflareAIHook(BaseHook):
             self._gate.release(window, answer)
         self.log.debug("%s %s -> HTTP %s", method, path, response.status_code)
         return unwrap(response, method, path, needs=needs)
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        log_retry(self.log, state, attempts=self.settings.max_retries + 1)
 
     # -- finetunes --------------------------------------------------------------------------------
 
@@ -482,15 +458,16 @@ class CloudflareAIHook(BaseHook):
     def get_model(self, name: str, *, account_id: str | None = None) -> dict[str, Any] | None:
         """The catalog entry of model ``name``, or ``None`` when the account's catalog lacks it.
 
-        Served from the account's whole catalog, read once per process for a few minutes (failures
-        are remembered for a minute), so many creates cost one catalog read.
+        Served from the account's whole catalog, cached for a few minutes in this process and in a file
+        every process of the host shares (failures are remembered in memory for a minute), so many
+        creates, even in separate task processes, cost one catalog read.
         """
         from airflow_provider_cfai.hooks import _catalog
 
         return _catalog.find(self.list_cached_models(account_id=account_id), _required("name", name))
 
     def list_cached_models(self, *, account_id: str | None = None) -> list[dict[str, Any]]:
-        """The account's whole catalog from the per-process cache (read on first use, then every few minutes)."""
+        """The account's whole catalog from the cache (per process and per host; read at most every few minutes)."""
         from airflow_provider_cfai.hooks import _catalog
 
         key = (self.settings.base_url, self._account(account_id))

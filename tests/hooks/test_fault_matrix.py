@@ -255,6 +255,21 @@ def test_the_look_up_after_an_unknown_create_matches_name_and_model(
     assert len(emulator.finetunes()) == 2
 
 
+def test_an_unknown_create_stays_unknown_until_it_is_found(hook: Any, emulator: Any) -> None:
+    # The look-up itself is refused once (a 429 is a *known* failure): the next attempt must still
+    # look up, not re-send the create that may have been applied.
+    hook._sleep = lambda seconds: None
+    garbled = emulator.add_fault(method="POST", path=CREATE, action="garble_after_commit")
+    refused = emulator.add_fault(method="GET", path=LIST, status=429, headers={"Retry-After": "0"})
+
+    created = hook.create_finetune(MODEL, "bot")
+
+    assert (emulator.fired(garbled), emulator.fired(refused)) == (1, 1)
+    (held,) = emulator.finetunes()
+    assert created["id"] == held["id"]
+    assert calls(emulator, "POST") == 1
+
+
 def test_slow_create_after_commit_is_not_duplicated(make_hook: Any, emulator: Any) -> None:
     hook = make_hook(timeout=1)
     rule = emulator.add_fault(method="POST", path=CREATE, times=1, action="delay_after_commit", delay=3)
