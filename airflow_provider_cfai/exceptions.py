@@ -27,10 +27,12 @@ __all__ = [
     "CloudflareAuthError",
     "CloudflareConfigError",
     "CloudflareInputError",
+    "CloudflareOutcomeUnknownError",
     "CloudflarePermanentAPIError",
     "FinetuneConflictError",
     "PreflightCheckError",
     "PromotionCheckError",
+    "format_errors",
 ]
 
 
@@ -73,7 +75,8 @@ class PreflightCheckError(CloudflareInputError):
     """
 
 
-def _format_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+def format_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    """Cloudflare's error items as ``[code] message; [code] message`` (the message alone without a code)."""
     parts = []
     for item in errors:
         code = item.get("code")
@@ -117,12 +120,19 @@ class CloudflareAPIError(CloudflareAIError):
 
     def with_context(self, context: str) -> CloudflareAPIError:
         """Return the same error (same class, same retry behaviour) prefixed with ``context``."""
+        if self.context:
+            context = f"{context}: {self.context}"
         return type(self)(self.method, self.path, self.status, self.errors, detail=self.detail, context=context)
+
+    def with_hint(self, hint: str) -> CloudflareAPIError:
+        """Return the same error (same class) with ``hint``, what to fix, after what Cloudflare said."""
+        detail = f"{self.detail}; {hint}" if self.detail else hint
+        return type(self)(self.method, self.path, self.status, self.errors, detail=detail, context=self.context)
 
     def __str__(self) -> str:
         outcome = f"failed with HTTP {self.status}" if self.status is not None else "failed"
         text = f"{self.method} {self.path} {outcome}"
-        reasons = _format_errors(self.errors)
+        reasons = format_errors(self.errors)
         if reasons:
             text += f": {reasons}"
         if self.detail:
@@ -155,6 +165,15 @@ class CloudflarePermanentAPIError(CloudflareAPIError, AirflowFailException):
 
 class CloudflareAuthError(CloudflarePermanentAPIError):
     """Cloudflare rejected the credentials (HTTP 401/403)."""
+
+
+class CloudflareOutcomeUnknownError(CloudflareAPIError, AirflowFailException):
+    """A call that must not be sent twice may have been applied, and Cloudflare cannot say whether.
+
+    Raised for a Batch API submit whose answer was lost or unreadable (Cloudflare has no call that
+    lists queued batches). Airflow does not retry it: a retry would send the call again without
+    anyone deciding to. The message says what to check before re-running the task.
+    """
 
 
 class BatchTimeoutError(CloudflareAIError, AirflowTaskTimeout):

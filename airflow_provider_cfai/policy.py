@@ -1,22 +1,28 @@
 """What the provider retries and what it gives up on: the rules, in one place.
 
-Plain functions and data, no I/O. The synchronous hook (``requests``) and the asynchronous trigger
-(``httpx``) both drive these rules; neither decides anything about retries on its own. Read top to
-bottom, this file answers "is HTTP 501 retried, and why?":
+Plain functions and data, no I/O. The synchronous hook (``requests``) and the asynchronous hook
+(``httpx``) report what arrived (a status, whether the body was Cloudflare's envelope carrying what
+the call needs, or that nothing arrived and whether anything was sent) and this module says what it
+means: the exception class, whether the call may have been applied, whether and when to try again.
+Read top to bottom, this file answers "is HTTP 501 retried, and why?":
 
 1. **Which answers fail permanently.** A 4xx other than 408 and 429 describes the request itself;
    sending it again gets the same answer, so it fails at once (``CloudflarePermanentAPIError``, which
    also tells Airflow not to retry the task). 401/403 are ``CloudflareAuthError``. A 200 whose
    envelope says ``"success": false`` is permanent too.
 2. **Which failures are retried.** 408, 429, every 5xx (501 included: Cloudflare's edge answers 5xx
-   for its own overload and origin trouble, which passes), and transport failures (refused or reset
-   connections, timeouts). These raise ``CloudflareAPIError``, which Airflow may retry as well once
-   the hook has given up.
-3. **When an outcome is unknown.** A request that may have reached Cloudflare (a timeout after
-   connecting, a reset, a 5xx or 408) may have been applied. A create in that state is looked up
-   before it is sent again, so a retry never makes a duplicate. A 429 is refused before any work, and
-   a connection that was never established sent nothing. A call that cannot be looked up (a Batch
-   API submit) is not re-sent at all after an unknown outcome: it fails, and says so.
+   for its own overload and origin trouble, which passes), transport failures (refused or reset
+   connections, timeouts), and a 2xx that cannot be read (not the envelope: a proxy's HTML page, a
+   truncated body) or lacks what the call needs (a create without ``id``). These raise
+   ``CloudflareAPIError``, which Airflow may retry as well once the hook has given up.
+3. **When an outcome is unknown** (:func:`outcome`). A request that may have reached Cloudflare may
+   have been applied: no answer after connecting (a read timeout, a reset), a 5xx or 408, and any
+   answer whose body cannot be read, 2xx included (an edge can garble the answer to a create that
+   was done). A create in that state is looked up (name and model) before it is sent again, so a
+   retry never makes a duplicate. A 429 is refused before any work whatever page comes with it, and
+   a connection that was never established sent nothing: both are retried as usual. A call that
+   cannot be looked up (a Batch API submit) is not re-sent at all after an unknown outcome: it fails
+   with ``CloudflareOutcomeUnknownError``, which Airflow does not retry, saying what to check.
 4. **How long to wait.** A 429's ``Retry-After`` (seconds or an HTTP date) exactly; otherwise
    exponential backoff (0.5 s, 1 s, 2 s, … capped at 30 s) plus up to 0.5 s of jitter, so workers that
    failed together do not retry together.
@@ -32,14 +38,17 @@ How fast requests may go (the ``Ratelimit`` header, the five-minute lockout) is 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import random
 import time
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cfai.exceptions import (
+    AirflowFailException,
     CloudflareAPIError,
     CloudflareAuthError,
+    CloudflareOutcomeUnknownError,
     CloudflarePermanentAPIError,
 )
 
@@ -53,6 +62,7 @@ __all__ = [
     "JITTER",
     "RETRYABLE_CLIENT_STATUSES",
     "AttemptFailed",
+    "Outcome",
     "RetryController",
     "RetryPolicy",
     "after_status",
@@ -60,10 +70,12 @@ __all__ = [
     "asset_already_uploaded",
     "backoff",
     "error_class",
+    "give_up",
     "is_retryable",
     "kv_key_missing",
     "log_retry",
     "missing_permission",
+    "outcome",
     "parse_retry_after",
     "stops_the_batch",
 ]
@@ -74,11 +86,18 @@ __all__ = [
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 429})
 
 
-def error_class(status: int | None) -> type[CloudflareAPIError]:
-    """The exception class for an HTTP status (``None``: no response arrived)."""
+def error_class(status: int | None, *, readable: bool = True) -> type[CloudflareAPIError]:
+    """The exception class for an answer.
+
+    :param status: the HTTP status, ``None`` when no answer arrived.
+    :param readable: ``False`` when the body is not Cloudflare's envelope, or is a success that lacks
+        what the call needs: a 2xx like that is the edge misbehaving, classed like no answer.
+    """
     if status in (401, 403):
         return CloudflareAuthError
     if status is None or status in RETRYABLE_CLIENT_STATUSES or status >= 500:
+        return CloudflareAPIError
+    if status < 300 and not readable:
         return CloudflareAPIError
     return CloudflarePermanentAPIError
 
@@ -87,7 +106,7 @@ def is_retryable(error: BaseException) -> bool:
     """Whether another attempt could change the outcome of this failure."""
     if isinstance(error, AttemptFailed):
         error = error.error
-    return isinstance(error, CloudflareAPIError) and not isinstance(error, CloudflarePermanentAPIError)
+    return isinstance(error, CloudflareAPIError) and not isinstance(error, AirflowFailException)
 
 
 def asset_already_uploaded(error: CloudflareAPIError) -> bool:
@@ -134,7 +153,37 @@ def stops_the_batch(error: CloudflareAPIError) -> bool:
     return error.status is None or error.status in (401, 403, 429) or bool(BATCH_ERROR_CODES & set(error.codes))
 
 
-# -- 3: what one failed attempt means --------------------------------------------------------------
+# -- 3: what one attempt means -----------------------------------------------------------------------
+
+
+class Outcome(enum.Enum):
+    """What one attempt says about the call it carried."""
+
+    APPLIED = "applied"
+    NOT_APPLIED = "not applied"
+    UNKNOWN = "unknown"
+
+
+def outcome(status: int | None, *, sent: bool = True, readable: bool = True, success: bool = True) -> Outcome:
+    """Whether the call was applied, from what arrived; the one place that decides it.
+
+    :param status: the HTTP status, ``None`` when no answer arrived.
+    :param sent: ``False`` when nothing can have reached the server (the connection was never made).
+    :param readable: ``False`` when the body is not Cloudflare's envelope, or is a success that lacks
+        what the call needs (a create without ``id``, a submit without ``request_id``).
+    :param success: the envelope's ``success`` flag.
+    """
+    if status is None:
+        return Outcome.UNKNOWN if sent else Outcome.NOT_APPLIED
+    if status == 429:
+        # Refused at the door, before any work, whatever page the edge sends with it.
+        return Outcome.NOT_APPLIED
+    if status == 408 or status >= 500 or not readable:
+        # The work may be done and its answer lost or garbled on the way back.
+        return Outcome.UNKNOWN
+    if status >= 300 or not success:
+        return Outcome.NOT_APPLIED
+    return Outcome.APPLIED
 
 
 class AttemptFailed(Exception):
@@ -147,8 +196,12 @@ class AttemptFailed(Exception):
         self.outcome_unknown = outcome_unknown
 
 
-def after_status(error: CloudflareAPIError, retry_after_header: str | None) -> AttemptFailed:
-    """An attempt that got an error answer (the envelope already turned into ``error``)."""
+def after_status(error: CloudflareAPIError, retry_after_header: str | None, *, readable: bool = True) -> AttemptFailed:
+    """An attempt that got an answer other than a usable success (``error`` says what arrived).
+
+    :param readable: as for :func:`outcome`; the transports make ``error`` with
+        :func:`error_class` given the same value.
+    """
     status = error.status
     retry_after = parse_retry_after(retry_after_header) if status == 429 else None
     if retry_after is not None:
@@ -159,14 +212,31 @@ def after_status(error: CloudflareAPIError, retry_after_header: str | None) -> A
             error.errors,
             detail=f"Cloudflare asked to retry after {retry_after:.0f} s",
         )
-    # A 429 is refused at the door; a 5xx or 408 may come after the work was done.
-    unknown = status is not None and (status == 408 or status >= 500)
+    unknown = outcome(status, readable=readable, success=False) is Outcome.UNKNOWN
     return AttemptFailed(error, retry_after=retry_after, outcome_unknown=unknown)
 
 
 def after_transport_failure(error: CloudflareAPIError, *, connected: bool) -> AttemptFailed:
     """An attempt that got no answer; ``connected`` is False only when nothing can have been sent."""
-    return AttemptFailed(error, retry_after=None, outcome_unknown=connected)
+    unknown = outcome(None, sent=connected) is Outcome.UNKNOWN
+    return AttemptFailed(error, retry_after=None, outcome_unknown=unknown)
+
+
+def give_up(failed: AttemptFailed, rules: RetryPolicy, *, unknown_context: str | None = None) -> CloudflareAPIError:
+    """The error a call raises once its retries are over.
+
+    After an unknown outcome that was retryable, ``unknown_context`` (what may exist now, what to check) prefixes the
+    message. A call that must not be re-sent (``rules.resend_unknown`` false) then raises
+    :class:`~airflow_provider_cfai.exceptions.CloudflareOutcomeUnknownError`, which Airflow does not
+    retry: a retry of the task would send it again without anyone deciding to.
+    """
+    error = failed.error
+    if not failed.outcome_unknown or not is_retryable(error):
+        # A refusal (401, 403, another 4xx) says what is wrong better than "unknown" would.
+        return error
+    if not rules.resend_unknown:
+        error = CloudflareOutcomeUnknownError(error.method, error.path, error.status, error.errors, detail=error.detail)
+    return error.with_context(unknown_context) if unknown_context else error
 
 
 # -- 4 and 5: how long to wait, when to stop -------------------------------------------------------

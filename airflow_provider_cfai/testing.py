@@ -132,7 +132,7 @@ class RunningEmulator:
         method: str = "*",
         times: int = 1,
         action: str = "respond",
-        status: int = 503,
+        status: int | None = None,
         body: Any = None,
         html: bool = False,
         headers: dict[str, str] | None = None,
@@ -143,20 +143,23 @@ class RunningEmulator:
 
         ``action``: ``respond`` (answer ``status``/``body`` without doing the work), ``drop`` (close the
         connection without doing the work), ``drop_after_commit`` (do the work, then close the
-        connection without answering), ``delay_after_commit`` (do the work, answer after ``delay`` s).
-        ``request_body``: a regex the request body must match too (a Batch API poll: ``"request_id"``).
+        connection without answering), ``delay_after_commit`` (do the work, answer after ``delay`` s),
+        ``garble_after_commit`` (do the work, then answer ``status`` with a non-envelope body: ``html``,
+        ``body``, or the real JSON cut in half). ``status`` defaults to 200 for ``garble_after_commit``,
+        else 503. ``request_body``: a regex the request body must match too (a Batch API poll: ``"request_id"``).
         """
         spec = {
             "path": path,
             "method": method,
             "times": times,
             "action": action,
-            "status": status,
             "body": body,
             "html": html,
             "headers": headers or {},
             "delay": delay,
         }
+        if status is not None:
+            spec["status"] = status
         if request_body is not None:
             spec["request_body"] = request_body
         result: dict[str, Any] = self._control("POST", "/faults", spec)

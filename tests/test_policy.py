@@ -15,6 +15,7 @@ from airflow_provider_cfai.exceptions import (
     AirflowFailException,
     CloudflareAPIError,
     CloudflareAuthError,
+    CloudflareOutcomeUnknownError,
     CloudflarePermanentAPIError,
 )
 
@@ -189,3 +190,162 @@ def test_an_error_about_the_batchs_model_or_finetune_stops_it(code: int, stops: 
     error = policy.error_class(400)("POST", "/accounts/a/ai/run/m", 400, [{"code": code, "message": "x"}])
 
     assert policy.stops_the_batch(error) is stops
+
+
+# -- one outcome rule: what arrived → applied / not applied / unknown, on every path ----------------
+
+
+class Arrived:
+    """An HTTP answer as both hooks see it (the ``HTTPResponse`` protocol of ``hooks._responses``)."""
+
+    def __init__(self, status: int, body: str, content_type: str = "application/json") -> None:
+        self.status_code = status
+        self.text = body
+        self.headers = {"Content-Type": content_type}
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.text)
+
+
+ENVELOPE_OK = '{"success": true, "errors": [], "messages": [], "result": {"id": "ft-1", "request_id": "rq-1"}}'
+ENVELOPE_NO_ID = '{"success": true, "errors": [], "messages": [], "result": {"status": "queued"}}'
+ENVELOPE_FAILED = '{"success": false, "errors": [{"code": 1001, "message": "no"}], "messages": [], "result": null}'
+HTML = "<html><head><title>Bad gateway</title></head><body>proxy</body></html>"
+TRUNCATED = '{"success": true, "result": {"id": "ft-'
+UNKNOWN, NOT_APPLIED, APPLIED = policy.Outcome.UNKNOWN, policy.Outcome.NOT_APPLIED, policy.Outcome.APPLIED
+NO_ANSWER_SENT = "no answer, connection made"
+NO_ANSWER_NOT_SENT = "no answer, connection refused"
+
+
+def attempt(arrived: Arrived | str) -> Any:
+    """What one attempt of a create (which needs ``id``) turns into: its result or ``AttemptFailed``."""
+    from airflow_provider_cfai.hooks._responses import unwrap
+
+    if isinstance(arrived, str):
+        error = CloudflareAPIError("POST", "/accounts/a/ai/finetunes", None, detail=arrived)
+        return policy.after_transport_failure(error, connected=arrived == NO_ANSWER_SENT)
+    try:
+        return unwrap(arrived, "POST", "/accounts/a/ai/finetunes", needs=("id",))
+    except policy.AttemptFailed as failed:
+        return failed
+
+
+@pytest.mark.parametrize(
+    ("arrived", "outcome", "error_class", "submit_final"),
+    [
+        pytest.param(Arrived(200, ENVELOPE_OK), APPLIED, None, None, id="200-envelope-with-id"),
+        pytest.param(
+            Arrived(200, HTML, "text/html"), UNKNOWN, CloudflareAPIError, CloudflareOutcomeUnknownError, id="200-html"
+        ),
+        pytest.param(
+            Arrived(200, TRUNCATED), UNKNOWN, CloudflareAPIError, CloudflareOutcomeUnknownError, id="200-truncated-json"
+        ),
+        pytest.param(
+            Arrived(200, "[1, 2]"),
+            UNKNOWN,
+            CloudflareAPIError,
+            CloudflareOutcomeUnknownError,
+            id="200-json-not-envelope",
+        ),
+        pytest.param(Arrived(200, ""), UNKNOWN, CloudflareAPIError, CloudflareOutcomeUnknownError, id="200-empty"),
+        pytest.param(
+            Arrived(200, ENVELOPE_NO_ID),
+            UNKNOWN,
+            CloudflareAPIError,
+            CloudflareOutcomeUnknownError,
+            id="200-without-the-field",
+        ),
+        pytest.param(Arrived(204, ""), UNKNOWN, CloudflareAPIError, CloudflareOutcomeUnknownError, id="204-no-body"),
+        pytest.param(
+            Arrived(200, ENVELOPE_FAILED),
+            NOT_APPLIED,
+            CloudflarePermanentAPIError,
+            CloudflarePermanentAPIError,
+            id="200-success-false",
+        ),
+        pytest.param(
+            Arrived(400, ENVELOPE_FAILED),
+            NOT_APPLIED,
+            CloudflarePermanentAPIError,
+            CloudflarePermanentAPIError,
+            id="400-envelope",
+        ),
+        pytest.param(
+            Arrived(400, HTML, "text/html"),
+            UNKNOWN,
+            CloudflarePermanentAPIError,
+            CloudflarePermanentAPIError,
+            id="400-html",
+        ),
+        pytest.param(Arrived(401, ENVELOPE_FAILED), NOT_APPLIED, CloudflareAuthError, CloudflareAuthError, id="401"),
+        pytest.param(Arrived(403, HTML, "text/html"), UNKNOWN, CloudflareAuthError, CloudflareAuthError, id="403-html"),
+        pytest.param(
+            Arrived(408, ENVELOPE_FAILED), UNKNOWN, CloudflareAPIError, CloudflareOutcomeUnknownError, id="408"
+        ),
+        pytest.param(Arrived(429, ENVELOPE_FAILED), NOT_APPLIED, CloudflareAPIError, "retried", id="429-envelope"),
+        pytest.param(
+            Arrived(429, HTML, "text/html"), NOT_APPLIED, CloudflareAPIError, "retried", id="429-html-edge-page"
+        ),
+        pytest.param(
+            Arrived(500, ENVELOPE_FAILED), UNKNOWN, CloudflareAPIError, CloudflareOutcomeUnknownError, id="500-envelope"
+        ),
+        pytest.param(
+            Arrived(502, HTML, "text/html"), UNKNOWN, CloudflareAPIError, CloudflareOutcomeUnknownError, id="502-html"
+        ),
+        pytest.param(
+            NO_ANSWER_SENT, UNKNOWN, CloudflareAPIError, CloudflareOutcomeUnknownError, id="no-answer-after-sending"
+        ),
+        pytest.param(NO_ANSWER_NOT_SENT, NOT_APPLIED, CloudflareAPIError, "retried", id="connection-refused"),
+    ],
+)
+def test_one_outcome_rule(arrived: Arrived | str, outcome: Any, error_class: type | None, submit_final: Any) -> None:
+    result = attempt(arrived)
+
+    if error_class is None:
+        assert result == {"id": "ft-1", "request_id": "rq-1"}
+        assert policy.outcome(200) is outcome
+        return
+    assert isinstance(result, policy.AttemptFailed)
+    assert type(result.error) is error_class
+    assert result.outcome_unknown is (outcome is UNKNOWN)
+    # A create may retry anything retryable: after an unknown outcome it looks the name up first.
+    create = policy.RetryPolicy(max_retries=3, retry_budget=10.0)
+    assert (create.next_wait(result, attempt_number=1, waited=0.0) is not None) is policy.is_retryable(result)
+    # A submit (cannot be looked up) is retried only when nothing was applied, else fails for good.
+    submit = policy.RetryPolicy(max_retries=3, retry_budget=10.0, resend_unknown=False)
+    retried = submit.next_wait(result, attempt_number=1, waited=0.0) is not None
+    assert retried is (submit_final == "retried")
+    if not retried:
+        final = policy.give_up(result, submit, unknown_context="look")
+        assert type(final) is submit_final
+        assert isinstance(final, AirflowFailException)  # Airflow must not re-send it either
+
+
+def test_the_outcome_function_is_the_rule_the_transports_follow() -> None:
+    assert policy.outcome(None, sent=False) is NOT_APPLIED
+    assert policy.outcome(None) is UNKNOWN
+    assert policy.outcome(200) is APPLIED
+    assert policy.outcome(200, readable=False) is UNKNOWN
+    assert policy.outcome(200, success=False) is NOT_APPLIED
+    assert policy.outcome(429, readable=False) is NOT_APPLIED
+    assert policy.outcome(503) is UNKNOWN
+    assert policy.outcome(404) is NOT_APPLIED
+
+
+def test_giving_up_after_a_known_failure_keeps_the_error() -> None:
+    failed = failure_for(503)
+    failed.outcome_unknown = False
+    submit = policy.RetryPolicy(max_retries=0, retry_budget=0.0, resend_unknown=False)
+
+    assert policy.give_up(failed, submit, unknown_context="look") is failed.error
+
+
+def test_giving_up_after_an_unknown_create_keeps_it_retryable_and_says_what_to_look_for() -> None:
+    create = policy.RetryPolicy(max_retries=0, retry_budget=0.0)
+
+    final = policy.give_up(failure_for(503), create, unknown_context="Finetune 'x' may have been created")
+
+    assert type(final) is CloudflareAPIError
+    assert str(final).startswith("Finetune 'x' may have been created: ")

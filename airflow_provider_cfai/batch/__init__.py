@@ -7,6 +7,7 @@
 * :mod:`~airflow_provider_cfai.batch.ledger` — the record of a batch in flight, for retries;
 * :mod:`~airflow_provider_cfai.batch.engines` — the two engines, ``direct`` (paced ``/ai/run``
   calls) and ``queue`` (Cloudflare's asynchronous Batch API), behind one ``run_engine``;
+* the engines call the API through :class:`~airflow_provider_cfai.hooks.cloudflare_ai_async.CloudflareAIAsyncHook`;
 * :mod:`~airflow_provider_cfai.batch.worker` — what the operator does in the worker.
 
 The operator is :class:`airflow_provider_cfai.operators.batch.WorkersAIBatchOperator`; the trigger is

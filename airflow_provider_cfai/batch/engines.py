@@ -34,13 +34,18 @@ from airflow_provider_cfai.batch.inputs import iter_inputs, split_item
 from airflow_provider_cfai.batch.manifest import BatchManifest, build_manifest
 from airflow_provider_cfai.batch.records import failure_record, is_transient, success_record
 from airflow_provider_cfai.batch.writer import OrderedResultWriter
-from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, CloudflarePermanentAPIError
+from airflow_provider_cfai.exceptions import (
+    CloudflareAPIError,
+    CloudflareInputError,
+    CloudflarePermanentAPIError,
+    format_errors,
+)
 from airflow_provider_cfai.policy import is_retryable, stops_the_batch
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 
-    from airflow_provider_cfai.batch.client import AsyncCloudflareClient
+    from airflow_provider_cfai.hooks.cloudflare_ai_async import CloudflareAIAsyncHook as AsyncCloudflareClient
 
 __all__ = ["DEFAULT_MAX_BYTES", "collect_queue", "plan_chunks", "run_direct", "run_engine"]
 
@@ -418,8 +423,7 @@ def _item_error(response: Mapping[str, Any]) -> tuple[list[int], str]:
             code = item.get("code")
             if isinstance(code, int) and not isinstance(code, bool):
                 codes.append(code)
-            text = str(item.get("message", "")).strip()
-            messages.append(f"[{code}] {text}" if code is not None else text)
+            messages.append(format_errors([item]))
         else:
             messages.append(str(item))
     message = "; ".join(m for m in messages if m) or "the Batch API reported this item as failed"
@@ -494,9 +498,6 @@ def _add_all(writer: OrderedResultWriter, records: list[dict[str, Any]]) -> None
 
 def _reason(error: CloudflareAPIError) -> str:
     """An item's error for its record: Cloudflare's messages, without the request line."""
-    reasons = "; ".join(
-        f"[{e['code']}] {e.get('message', '')}".strip() if e.get("code") is not None else str(e.get("message", ""))
-        for e in error.errors
-    )
+    reasons = format_errors(error.errors)
     status = f"HTTP {error.status}" if error.status is not None else "no response"
     return f"{status}: {reasons or error.detail or 'no details'}"

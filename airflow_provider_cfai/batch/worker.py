@@ -174,10 +174,12 @@ def run_engine(
     import functools
 
     from airflow_provider_cfai.batch import engines
-    from airflow_provider_cfai.batch.client import AsyncCloudflareClient
+    from airflow_provider_cfai.hooks.cloudflare_ai_async import CloudflareAIAsyncHook
 
     async def run() -> BatchManifest:
-        async with AsyncCloudflareClient(settings, account_id=account_id, max_connections=concurrency) as client:
+        async with CloudflareAIAsyncHook(
+            settings=settings, account_id=account_id, max_connections=concurrency
+        ) as client:
             work = asyncio.ensure_future(
                 engines.run_engine(
                     client,

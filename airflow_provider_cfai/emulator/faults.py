@@ -2,6 +2,13 @@
 
 A rule may also name ``request_body``, a regular expression the request's body must match: the Batch
 API submits and polls with POSTs to one URL, told apart only by their bodies.
+
+Actions: ``respond`` (answer ``status``/``body``/``html`` without doing the work), ``drop`` (close the
+connection without doing the work), ``drop_after_commit`` (do the work, then close the connection),
+``delay_after_commit`` (do the work, answer after ``delay`` s) and ``garble_after_commit`` (do the
+work, then answer ``status``, default 200, with a body that is not Cloudflare's envelope: the HTML
+page with ``html``, ``body`` as given, or by default the real answer's JSON cut in half, as an edge
+or proxy that mangles a success would).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 
 __all__ = ["ACTIONS", "FaultRule", "parse_fault"]
 
-ACTIONS = ("respond", "drop", "drop_after_commit", "delay_after_commit")
+ACTIONS = ("respond", "drop", "drop_after_commit", "delay_after_commit", "garble_after_commit")
 _KEYS = frozenset({"method", "path", "times", "action", "status", "body", "html", "headers", "delay", "request_body"})
 _ids = itertools.count(1)
 
@@ -96,6 +103,12 @@ class FaultRule:
             "request_body": self.request_body,
         }
 
+    def garble(self, real_body: bytes) -> tuple[bytes, str]:
+        """Body and content type of a ``garble_after_commit`` answer, given the real one's body."""
+        if self.html or self.body is not None:
+            return self.render()
+        return real_body[: len(real_body) // 2], "application/json"
+
     def render(self) -> tuple[bytes, str]:
         """Body and content type of a ``respond`` answer."""
         if isinstance(self.body, str):
@@ -140,7 +153,7 @@ def parse_fault(spec: object) -> FaultRule:
     action = spec.get("action", "respond")
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
-    status = spec.get("status", 503)
+    status = spec.get("status", 200 if action == "garble_after_commit" else 503)
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         raise ValueError("status must be an integer HTTP status (100-599)")
     html = spec.get("html", False)

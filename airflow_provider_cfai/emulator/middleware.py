@@ -101,11 +101,15 @@ class EmulatorMiddleware:
 
         # The work happens for real (a create commits) but its answer is withheld.
         await app(scope, receive, _adding_headers(hold, headers | fault.headers, status))
+        if fault.action == "garble_after_commit":
+            status[0] = fault.status
         record(fault.action)
         if fault.action == "drop_after_commit":
             await close_connection(socket_receive)
             return
         await asyncio.sleep(fault.delay)
+        if fault.action == "garble_after_commit":
+            held = _garbled(fault, held)
         for message in held:
             await send(message)
 
@@ -140,6 +144,20 @@ class EmulatorMiddleware:
         await Response(body, status_code=fault.status, media_type=media_type, headers=fault.headers)(
             scope, receive, send
         )
+
+
+def _garbled(fault: FaultRule, held: list[Message]) -> list[Message]:
+    """The withheld answer as ``fault.status`` with a non-envelope body; its other headers are kept."""
+    start = next(m for m in held if m["type"] == "http.response.start")
+    real = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
+    body, media_type = fault.garble(real)
+    replaced = {b"content-length", b"content-type"}
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in replaced]
+    headers += [(b"content-length", str(len(body)).encode()), (b"content-type", media_type.encode("latin-1"))]
+    return [
+        {"type": "http.response.start", "status": fault.status, "headers": headers},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    ]
 
 
 def _adding_headers(send: Send, headers: dict[str, str], status: list[int | None]) -> Send:

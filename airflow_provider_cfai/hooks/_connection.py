@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow_provider_cfai._numbers import whole_number
-from airflow_provider_cfai.exceptions import CloudflareConfigError
+from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareAuthError, CloudflareConfigError
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -87,8 +87,7 @@ def read_settings(conn: Connection, conn_id: str, conn_type: str, overrides: Map
     if not isinstance(proxies, Mapping):
         raise CloudflareConfigError(f"Connection {name!r}: extra 'proxies' must be a JSON object.")
     for proxy in proxies.values():
-        if "@" in str(proxy):
-            mask_secret(str(proxy))
+        _mask_url_credentials(str(proxy))
     verify = extras.get("verify", True)
     return ConnectionSettings(
         account_id=checked_account_id(account_id),
@@ -104,6 +103,21 @@ def read_settings(conn: Connection, conn_id: str, conn_type: str, overrides: Map
         **_pacing_extras(name, extras),
         conn_id=name,
     )
+
+
+def _mask_url_credentials(url: str) -> None:
+    """Mask a URL that carries credentials, and its password on its own (a message may quote just that)."""
+    from airflow.sdk.log import mask_secret
+
+    if "@" not in url:
+        return
+    mask_secret(url)
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        mask_secret(password)
 
 
 def _pacing_extras(conn_id: str, extras: Mapping[str, Any]) -> dict[str, Any]:
@@ -266,3 +280,40 @@ def _extras(raw: Mapping[str, Any], conn_type: str) -> dict[str, Any]:
     extras = {key.removeprefix(prefix): value for key, value in raw.items() if key.startswith(prefix)}
     extras.update({key: value for key, value in raw.items() if not key.startswith(prefix)})
     return {key: value for key, value in extras.items() if value not in (None, "")}
+
+
+def credentials_hint(settings: ConnectionSettings, conn_id: str, error: CloudflareAPIError) -> str | None:
+    """What to fix in the connection when Cloudflare refused its account or credentials, else ``None``.
+
+    The same words for a task's error and for ``airflow connections test``.
+    """
+    if 7003 in error.codes:
+        # "Could not route to /accounts/…": the account part of the path is what is wrong.
+        return (
+            f"Cloudflare has no account {settings.account_id!r} for these credentials; check the login (the "
+            f"account ID) of Airflow connection {conn_id!r}, not the token"
+        )
+    if not isinstance(error, CloudflareAuthError):
+        return None
+    if settings.token:
+        return (
+            f"Cloudflare refused the API token of Airflow connection {conn_id!r}; check that its password is an "
+            f"active token with permission 'Workers AI Write' (try `airflow connections test {conn_id}`)"
+        )
+    return (
+        f"Cloudflare refused the email and Global API key of Airflow connection {conn_id!r}; check its extras "
+        "'email' and 'api_key'"
+    )
+
+
+def origin(base_url: str) -> str:
+    """``scheme://host:port`` of a URL: where a request went, without path, query or credentials.
+
+    How both hooks name the server in their messages (an IPv6 host in brackets).
+    """
+    parts = urlsplit(base_url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{host}:{port}"

@@ -2,8 +2,10 @@
 
 Cloudflare's edge can answer with its JSON envelope, an HTML error page, or nothing a client can
 parse; a 200 can still say ``"success": false``. Every shape ends here as a result or one error
-type, never as a bare ``KeyError``/``JSONDecodeError``. Which error type a status gets is the
-policy's call (:func:`airflow_provider_cfai.policy.error_class`). Both transports use this module.
+type, never as a bare ``KeyError``/``JSONDecodeError``. This module only reads what arrived; what
+it means (the error type, whether the call may have been applied) is the policy's call
+(:func:`airflow_provider_cfai.policy.error_class`, :func:`~airflow_provider_cfai.policy.outcome`).
+Both hooks use it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from airflow_provider_cfai.exceptions import CloudflarePermanentAPIError
-from airflow_provider_cfai.policy import error_class
+from airflow_provider_cfai.policy import AttemptFailed, after_status, error_class
+
+#: What a Batch API submit's and poll's ``result`` must carry (``needs`` of :func:`unwrap`).
+BATCH_SUBMIT = ("request_id",)
+BATCH_POLL = ("status", "responses")
 
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _TAGS = re.compile(r"<[^>]+>")
@@ -54,21 +59,65 @@ def _error_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [dict(item) if isinstance(item, Mapping) else {"message": str(item)} for item in items]
 
 
-def unwrap(response: HTTPResponse, method: str, path: str) -> Any:
-    """Return the envelope's ``result`` (``None`` for bodies that have none) or raise."""
+def unwrap(response: HTTPResponse, method: str, path: str, *, needs: tuple[str, ...] | None = None) -> Any:
+    """Return the envelope's ``result`` or raise :class:`~airflow_provider_cfai.policy.AttemptFailed`.
+
+    :param needs: what a success must carry for the call to know what it did: ``None`` for any
+        ``result``; otherwise ``result`` must be an object (a one-object list is unwrapped) holding a
+        non-empty value for at least one of these keys (``()``: any object). A success without it
+        is read like a garbled one: the work may be done, its answer is unusable.
+    """
     status = response.status_code
+    retry_after = response.headers.get("Retry-After")
     try:
         body = response.json()
     except ValueError:
         body = None
     if not isinstance(body, Mapping):
         detail = _summarise_text(response) if body is None else f"unexpected JSON body: {json.dumps(body)[:200]}"
-        # An unreadable success is the edge misbehaving, not an answer: classed like "no response".
-        raise error_class(status if status >= 300 else None)(method, path, status, detail=detail)
+        raise _failed(method, path, status, retry_after, readable=False, detail=detail)
     errors = _error_items(body)
     if status >= 300:
-        raise error_class(status)(method, path, status, errors, detail=None if errors else "no error details")
+        raise _failed(method, path, status, retry_after, errors=errors, detail=None if errors else "no error details")
     if body.get("success") is False:
         # A 200 that says it failed will say so again: nothing transient about it.
-        raise CloudflarePermanentAPIError(method, path, status, errors, detail=None if errors else "success is false")
-    return body.get("result")
+        raise _failed(method, path, status, retry_after, errors=errors, detail=None if errors else "success is false")
+    result = body.get("result")
+    if needs is None:
+        return result
+    found = _object_with(result, needs)
+    if found is None:
+        wanted = f"an object with {' or '.join(repr(n) for n in needs)}" if needs else "an object"
+        detail = f"expected {wanted} in 'result', got {_shape(result)}"
+        raise _failed(method, path, status, retry_after, readable=False, detail=detail)
+    return found
+
+
+def _failed(
+    method: str,
+    path: str,
+    status: int,
+    retry_after: str | None,
+    *,
+    readable: bool = True,
+    errors: list[dict[str, Any]] | None = None,
+    detail: str | None = None,
+) -> AttemptFailed:
+    error = error_class(status, readable=readable)(method, path, status, errors or (), detail=detail)
+    return after_status(error, retry_after, readable=readable)
+
+
+def _object_with(result: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    if isinstance(result, list) and len(result) == 1:
+        result = result[0]
+    if not isinstance(result, dict):
+        return None
+    if keys and all(result.get(key) in (None, "") for key in keys):
+        return None
+    return result
+
+
+def _shape(result: Any) -> str:
+    if isinstance(result, dict):
+        return f"an object with keys {sorted(result)[:10]}"
+    return type(result).__name__

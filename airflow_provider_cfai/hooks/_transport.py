@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+
+from airflow_provider_cfai.hooks._connection import origin
 
 
 class BlockSizeAdapter(HTTPAdapter):
@@ -40,16 +41,6 @@ def may_have_been_sent(error: requests.exceptions.RequestException) -> bool:
 
         return not isinstance(reason, NewConnectionError)
     return True
-
-
-def origin(base_url: str) -> str:
-    """``scheme://host:port`` of a URL: where a request went, without path, query or credentials."""
-    parts = urlsplit(base_url)
-    host = parts.hostname or "?"
-    if ":" in host:
-        host = f"[{host}]"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{host}:{port}"
 
 
 def describe_transport_error(error: requests.exceptions.RequestException, read_timeout: float, base_url: str) -> str:

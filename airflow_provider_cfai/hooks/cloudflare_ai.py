@@ -28,21 +28,16 @@ from airflow_provider_cfai.hooks._connection import (
 )
 from airflow_provider_cfai.hooks._finetunes import oldest_named
 from airflow_provider_cfai.hooks._pacing import Gate, gate_for_settings
-from airflow_provider_cfai.hooks._responses import unwrap
+from airflow_provider_cfai.hooks._responses import BATCH_POLL, BATCH_SUBMIT, unwrap
 from airflow_provider_cfai.policy import (
     AttemptFailed,
-    RetryController,
-    RetryPolicy,
-    after_status,
     after_transport_failure,
     asset_already_uploaded,
     kv_key_missing,
-    log_retry,
 )
 
 if TYPE_CHECKING:
     import requests
-    from tenacity import RetryCallState
 
     from airflow_provider_cfai.adapters import AdapterSource
 
@@ -66,7 +61,9 @@ class CloudflareAIHook(BaseHook):
     Every call follows :mod:`airflow_provider_cfai.policy`: 429 waits ``Retry-After``; 5xx, 408,
     dropped connections and timeouts back off exponentially with jitter; other 4xx fail at once;
     ``retry_budget`` bounds the time spent waiting between attempts. A create whose outcome is
-    unknown is never re-sent blindly: the hook looks the name up first.
+    unknown is never re-sent blindly: the hook looks the name up first. Its async twin, for the
+    triggerer and the batch engines, is
+    :class:`~airflow_provider_cfai.hooks.cloudflare_ai_async.CloudflareAIAsyncHook`.
 
     :param cloudflare_conn_id: the Airflow connection to use.
     :param timeout: overrides the connection's ``timeout`` extra (seconds per request).
@@ -192,6 +189,8 @@ class CloudflareAIHook(BaseHook):
         recover: Callable[[], Any] | None = None,
         resend_unknown: bool = True,
         raw: bool = False,
+        needs: tuple[str, ...] | None = None,
+        unknown_context: str | None = None,
     ) -> Any:
         """Send one API call under the retry policy and return the envelope's ``result``.
 
@@ -200,39 +199,28 @@ class CloudflareAIHook(BaseHook):
 
         :param resend_unknown: ``False`` for a call that must not be repeated and cannot be looked up:
             after an attempt whose outcome is unknown, it fails instead of being sent again.
+        :param needs: what a success must carry (:func:`~airflow_provider_cfai.hooks._responses.unwrap`).
+        :param unknown_context: prefixes the error when the call gives up after an unknown outcome:
+            what may exist now and what to check.
         :param recover: for non-idempotent calls: after an attempt whose outcome is unknown (the
             request may have been applied), called before trying again, as part of the same attempt
             and the same waiting budget; a non-``None`` return value is taken as the call's result
             instead of re-sending. It must make single attempts (``_send``), never retry on its own.
         """
-        from tenacity import Retrying
+        from airflow_provider_cfai.hooks._retry import RetryLoop
 
-        rules = RetryPolicy(self.settings.max_retries, self.settings.retry_budget, resend_unknown=resend_unknown)
-        control = RetryController(rules)
-        retrying = Retrying(
-            retry=control.retry,
-            stop=control.stop,
-            wait=control.wait,
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
+        loop = RetryLoop(
+            self.settings,
+            self.cloudflare_conn_id,
+            log=self.log,
+            resend_unknown=resend_unknown,
+            unknown_context=unknown_context,
         )
-        outcome_unknown = False
-        try:
-            for attempt in retrying:
-                with attempt:
-                    try:
-                        if outcome_unknown and recover is not None:
-                            recovered = recover()
-                            if recovered is not None:
-                                return recovered
-                        return self._send(method, path, json=json, params=params, upload=upload, raw=raw)
-                    except AttemptFailed as failed:
-                        outcome_unknown = outcome_unknown or failed.outcome_unknown
-                        raise
-        except AttemptFailed as failed:
-            raise failed.error from failed.__cause__
-        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+        def send() -> Any:
+            return self._send(method, path, json=json, params=params, upload=upload, needs=needs, raw=raw)
+
+        return loop.run(send, recover=recover, sleep=self._sleep)
 
     def _send(
         self,
@@ -243,6 +231,7 @@ class CloudflareAIHook(BaseHook):
         params: Mapping[str, Any] | None = None,
         upload: Callable[[], contextlib.AbstractContextManager[tuple[IO[bytes], str]]] | None = None,
         raw: bool = False,
+        needs: tuple[str, ...] | None = None,
     ) -> Any:
         """One attempt: the answer's ``result``, or :class:`AttemptFailed` saying what the policy needs."""
         import requests
@@ -275,13 +264,7 @@ class CloudflareAIHook(BaseHook):
         self.log.debug("%s %s -> HTTP %s", method, path, response.status_code)
         if raw and 200 <= response.status_code < 300:
             return response.content
-        try:
-            return unwrap(response, method, path)
-        except CloudflareAPIError as error:
-            raise after_status(error, response.headers.get("Retry-After")) from None
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        log_retry(self.log, state, attempts=self.settings.max_retries + 1)
+        return unwrap(response, method, path, needs=needs)
 
     # -- finetunes --------------------------------------------------------------------------------
 
@@ -312,7 +295,14 @@ class CloudflareAIHook(BaseHook):
             return found
 
         path = f"{self._account(account_id)}/ai/finetunes"
-        return _as_object(self._request("POST", path, json=body, recover=recover), "POST", path)
+        lost = (
+            f"Finetune {name!r} of {model} may have been created but its answer was lost; look for it by "
+            "name (find_finetune) before creating it again"
+        )
+        result: dict[str, Any] = self._request(
+            "POST", path, json=body, recover=recover, needs=("id",), unknown_context=lost
+        )
+        return result
 
     def list_finetunes(self, *, account_id: str | None = None) -> list[dict[str, Any]]:
         """List the account's finetunes as a flat list.
@@ -478,15 +468,16 @@ class CloudflareAIHook(BaseHook):
     def get_model(self, name: str, *, account_id: str | None = None) -> dict[str, Any] | None:
         """The catalog entry of model ``name``, or ``None`` when the account's catalog lacks it.
 
-        Served from the account's whole catalog, read once per process for a few minutes (failures
-        are remembered for a minute), so many creates cost one catalog read.
+        Served from the account's whole catalog, cached for a few minutes in this process and in a file
+        every process of the host shares (failures are remembered in memory for a minute), so many
+        creates, even in separate task processes, cost one catalog read.
         """
         from airflow_provider_cfai.hooks import _catalog
 
         return _catalog.find(self.list_cached_models(account_id=account_id), _required("name", name))
 
     def list_cached_models(self, *, account_id: str | None = None) -> list[dict[str, Any]]:
-        """The account's whole catalog from the per-process cache (read on first use, then every few minutes)."""
+        """The account's whole catalog from the cache (per process and per host; read at most every few minutes)."""
         from airflow_provider_cfai.hooks import _catalog
 
         key = (self.settings.base_url, self._account(account_id))
@@ -500,8 +491,10 @@ class CloudflareAIHook(BaseHook):
         """Queue inputs on the Batch API (``POST /accounts/{id}/ai/run/{model}?queueRequest=true``).
 
         Cloudflare has no call to find a queued batch again, so a submit whose outcome is unknown (a
-        timeout or 5xx after sending) is not re-sent: it fails, rather than maybe queueing the inputs
-        twice. Callers record the returned ``request_id`` at once.
+        timeout or 5xx after sending, an unreadable answer, one without ``request_id``) is not
+        re-sent: it fails with :class:`~airflow_provider_cfai.exceptions.CloudflareOutcomeUnknownError`,
+        which Airflow does not retry, rather than maybe queueing the inputs twice. Callers record the
+        returned ``request_id`` at once.
 
         :param requests: the model's normal inputs, each optionally with ``external_reference``; the
             whole payload must stay under 10 MB (``batch.engines.plan_chunks`` splits it).
@@ -518,10 +511,21 @@ class CloudflareAIHook(BaseHook):
                 )
         path = f"{self._account(account_id)}/ai/run/{quote(model, safe='/@')}"
         body = {"requests": [dict(item) for item in items]}
-        answer = self._request("POST", path, json=body, params={"queueRequest": "true"}, resend_unknown=False)
-        result = _as_object(answer, "POST", path)
-        if not isinstance(result.get("request_id"), str) or not result["request_id"]:
-            raise CloudflareAPIError("POST", path, 200, detail="the queued batch's answer has no request_id")
+        lost = (
+            f"A Batch API submit of {len(items)} input(s) to {model} may have been queued, but its answer was "
+            "lost or had no request_id, and Cloudflare cannot list queued batches, so it is not sent again. "
+            "Check the account's Workers AI usage for this model before re-running the task: a re-run "
+            "submits these inputs again"
+        )
+        result: dict[str, Any] = self._request(
+            "POST",
+            path,
+            json=body,
+            params={"queueRequest": "true"},
+            resend_unknown=False,
+            needs=BATCH_SUBMIT,
+            unknown_context=lost,
+        )
         return result
 
     def poll_batch(self, model: str, request_id: str, *, account_id: str | None = None) -> dict[str, Any]:
@@ -533,7 +537,10 @@ class CloudflareAIHook(BaseHook):
         model, request_id = _required("model", model), _required("request_id", request_id)
         path = f"{self._account(account_id)}/ai/run/{quote(model, safe='/@')}"
         body = {"request_id": request_id}
-        return _as_object(self._request("POST", path, json=body, params={"queueRequest": "true"}), "POST", path)
+        result: dict[str, Any] = self._request(
+            "POST", path, json=body, params={"queueRequest": "true"}, needs=BATCH_POLL
+        )
+        return result
 
     # -- connection checks ------------------------------------------------------------------------
 
@@ -543,15 +550,14 @@ class CloudflareAIHook(BaseHook):
             raise CloudflareConfigError("Token verification needs an API token; this connection uses email + api_key")
         path = f"{self._account(None)}/tokens/verify"
         try:
-            result = self._request("GET", path)
+            result: dict[str, Any] = self._request("GET", path, needs=())
         except CloudflarePermanentAPIError as account_error:
             # Each endpoint rejects the other kind of token, so a refusal here is not final yet.
-            path = "/user/tokens/verify"
             try:
-                result = self._request("GET", path)
+                result = self._request("GET", "/user/tokens/verify", needs=())
             except CloudflarePermanentAPIError:
                 raise account_error from None
-        return _as_object(result, "GET", path)
+        return result
 
     def test_connection(self) -> tuple[bool, str]:
         """Check credentials and account read-only; never raises and never echoes a secret."""
@@ -567,15 +573,8 @@ class CloudflareAIHook(BaseHook):
                 token_note = "API token active"
             step = "listing finetunes"
             count = len(self.list_finetunes())
-        except CloudflareAPIError as error:
-            if 7003 in error.codes:
-                # "Could not route to /accounts/…": the account part of the path is what is wrong.
-                return False, (
-                    f"Failed while {step}: Cloudflare has no account {self.settings.account_id!r} for this "
-                    f"token ({error}); check the connection's login (the account ID), not the token."
-                )
-            return False, f"Failed while {step}: {error}"
         except CloudflareAIError as error:
+            # A refused account or token carries its hint (credentials_hint) in the message already.
             return False, f"Failed while {step}: {error}"
         except Exception as error:
             return False, f"Failed while {step}: {type(error).__name__}"

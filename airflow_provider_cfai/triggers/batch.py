@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from airflow_provider_cfai.batch.manifest import BatchManifest
 
 __all__ = ["ENGINES", "WorkersAIBatchTrigger"]
-_CONN_TYPE = "cloudflare_ai"
 
 
 class WorkersAIBatchTrigger(BaseTrigger):
@@ -114,17 +113,12 @@ class WorkersAIBatchTrigger(BaseTrigger):
         yield _event({"status": status, "manifest": manifest, "message": message})
 
     async def _run_engine(self) -> BatchManifest:
-        from airflow.sdk import BaseHook
-
-        from airflow_provider_cfai.batch.client import AsyncCloudflareClient
         from airflow_provider_cfai.batch.engines import run_engine
-        from airflow_provider_cfai.hooks._connection import read_settings
+        from airflow_provider_cfai.hooks.cloudflare_ai_async import CloudflareAIAsyncHook
 
-        conn = await BaseHook.aget_connection(self.cloudflare_conn_id)
-        settings = read_settings(conn, self.cloudflare_conn_id, _CONN_TYPE, {})
         connections = max(self.concurrency, 1)
-        async with AsyncCloudflareClient(
-            settings, account_id=self.account_id, max_connections=connections, logger=self.log
+        async with CloudflareAIAsyncHook(
+            self.cloudflare_conn_id, account_id=self.account_id, max_connections=connections, logger=self.log
         ) as client:
             return await run_engine(
                 client,

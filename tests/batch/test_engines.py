@@ -13,7 +13,6 @@ import pytest
 import requests
 from connections import settings_for
 
-from airflow_provider_cfai.batch.client import AsyncCloudflareClient
 from airflow_provider_cfai.batch.engines import collect_queue, plan_chunks, run_direct
 from airflow_provider_cfai.emulator.catalog import public_seed
 from airflow_provider_cfai.emulator.settings import DEFAULT_LORA_MODELS
@@ -24,6 +23,7 @@ from airflow_provider_cfai.exceptions import (
     CloudflarePermanentAPIError,
 )
 from airflow_provider_cfai.hooks._connection import ConnectionSettings
+from airflow_provider_cfai.hooks.cloudflare_ai_async import CloudflareAIAsyncHook
 
 if TYPE_CHECKING:
     from airflow_provider_cfai.batch.manifest import BatchManifest
@@ -53,7 +53,7 @@ def run_calls(emulator: RunningEmulator) -> int:
 
 def direct(settings: ConnectionSettings, **kwargs: Any) -> BatchManifest:
     async def main() -> BatchManifest:
-        async with AsyncCloudflareClient(settings) as client:
+        async with CloudflareAIAsyncHook(settings=settings) as client:
             return await run_direct(client, **kwargs)
 
     return asyncio.run(main())
@@ -61,7 +61,7 @@ def direct(settings: ConnectionSettings, **kwargs: Any) -> BatchManifest:
 
 def collect(settings: ConnectionSettings, **kwargs: Any) -> BatchManifest:
     async def main() -> BatchManifest:
-        async with AsyncCloudflareClient(settings) as client:
+        async with CloudflareAIAsyncHook(settings=settings) as client:
             return await collect_queue(client, **kwargs)
 
     return asyncio.run(main())

@@ -303,6 +303,39 @@ def test_delay_after_commit_delivers_the_normal_answer_while_other_calls_are_ser
     assert slow_elapsed >= 1.0
 
 
+def test_garble_after_commit_creates_and_answers_200_with_the_real_json_cut_in_half(api: Any) -> None:
+    rule = api.emulator.add_fault(method="POST", path=CREATE, action="garble_after_commit")
+
+    response = api.post("/ai/finetunes", json=create_body("garbled"))
+
+    (held,) = api.emulator.finetunes()
+    assert held["name"] == "garbled"
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.content.startswith(b'{"')
+    assert int(response.headers["Content-Length"]) == len(response.content)
+    with pytest.raises(requests.exceptions.JSONDecodeError):
+        response.json()
+    assert "ratelimit" in {k.lower() for k in response.headers}  # the real answer's headers are kept
+    assert api.emulator.fired(rule) == 1
+    assert api.emulator.state()["requests"][-1]["fault"] == "garble_after_commit"
+
+
+def test_garble_after_commit_can_answer_an_html_page_for_a_batch_submit(api: Any) -> None:
+    model = "@cf/meta/llama-3.3-70b-instruct-fp8-fast"
+    rule = api.emulator.add_fault(
+        method="POST", path=r"/ai/run/", request_body='"requests"', action="garble_after_commit", html=True
+    )
+
+    response = api.post(f"/ai/run/{model}?queueRequest=true", json={"requests": [{"prompt": "a"}]})
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "<title>" in response.text
+    assert len(api.emulator.state()["batches"]) == 1  # queued for real
+    assert api.emulator.fired(rule) == 1
+
+
 # -- rate limiting -----------------------------------------------------------------------------------
 
 

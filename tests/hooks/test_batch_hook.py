@@ -6,7 +6,12 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, CloudflarePermanentAPIError
+from airflow_provider_cfai.exceptions import (
+    AirflowFailException,
+    CloudflareInputError,
+    CloudflareOutcomeUnknownError,
+    CloudflarePermanentAPIError,
+)
 
 QUEUE_MODEL = "@cf/meta/llama-3.3-70b-instruct-fp8-fast"
 
@@ -74,34 +79,43 @@ def test_submit_refuses_bad_requests_before_any_call(
     assert emulator.state()["requests"] == []
 
 
-def test_a_submit_answer_without_request_id_is_an_api_error(emulator: Any, make_hook: Any) -> None:
-    rule = emulator.add_fault(
-        path=r"/ai/run/",
-        method="POST",
-        status=200,
-        body={"success": True, "errors": [], "messages": [], "result": {"status": "queued"}},
-    )
-
-    with pytest.raises(CloudflareAPIError, match="no request_id"):
-        make_hook().submit_batch(QUEUE_MODEL, [{"prompt": "a"}])
-    assert emulator.fired(rule) == 1
+def submits(emulator: Any) -> int:
+    return sum(1 for r in emulator.state()["requests"] if r["path"].endswith(QUEUE_MODEL))
 
 
-@pytest.mark.parametrize("action", ["drop_after_commit", "respond"])
-def test_a_submit_with_an_unknown_outcome_is_not_sent_again(emulator: Any, make_hook: Any, action: str) -> None:
-    # Cloudflare cannot list queued batches: re-sending could queue the inputs twice, unseen.
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"action": "drop_after_commit"}, id="connection-lost-after-queueing"),
+        pytest.param({"action": "respond", "status": 503}, id="5xx"),
+        pytest.param({"action": "garble_after_commit"}, id="garbled-200-truncated-json"),
+        pytest.param({"action": "garble_after_commit", "html": True}, id="garbled-200-html-page"),
+        pytest.param(
+            {"action": "garble_after_commit", "body": {"success": True, "result": {"status": "queued"}}},
+            id="200-without-request-id",
+        ),
+    ],
+)
+def test_a_submit_with_an_unknown_outcome_is_never_sent_twice(
+    emulator: Any, make_hook: Any, fault: dict[str, Any]
+) -> None:
+    # Cloudflare cannot list queued batches: re-sending could queue the inputs twice, unseen. Nor may
+    # Airflow's own retry re-send it: the error says what to check and is not retried.
     hook = make_hook()
     hook._sleep = lambda seconds: None
-    rule = emulator.add_fault(path=r"/ai/run/", method="POST", request_body='"requests"', action=action, status=503)
+    rule = emulator.add_fault(path=r"/ai/run/", method="POST", request_body='"requests"', **fault)
+    queued_for_real = fault["action"] != "respond"
 
-    with pytest.raises(CloudflareAPIError) as caught:
+    with pytest.raises(CloudflareOutcomeUnknownError) as caught:
         hook.submit_batch(QUEUE_MODEL, [{"prompt": "a"}])
 
-    assert not isinstance(caught.value, CloudflarePermanentAPIError)  # Airflow may retry the task
+    assert isinstance(caught.value, AirflowFailException)
+    message = str(caught.value)
+    assert f"Batch API submit of 1 input(s) to {QUEUE_MODEL} may have been queued" in message
+    assert "Check the account's Workers AI usage" in message
     assert emulator.fired(rule) == 1
-    submits = [r for r in emulator.state()["requests"] if r["path"].endswith(QUEUE_MODEL)]
-    assert len(submits) == 1
-    assert len(emulator.state()["batches"]) == (1 if action == "drop_after_commit" else 0)
+    assert submits(emulator) == 1
+    assert len(emulator.state()["batches"]) == (1 if queued_for_real else 0)
 
 
 def test_a_refused_submit_is_retried(emulator: Any, make_hook: Any) -> None:
@@ -116,4 +130,27 @@ def test_a_refused_submit_is_retried(emulator: Any, make_hook: Any) -> None:
 
     assert emulator.fired(rule) == 1
     assert waits == [3.0]
+    assert [b["request_id"] for b in emulator.state()["batches"]] == [queued["request_id"]]
+
+
+def test_a_submit_refused_at_connect_sent_nothing_and_is_retried(emulator: Any, make_hook: Any) -> None:
+    import dataclasses
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    hook = make_hook(host=f"http://127.0.0.1:{port}/client/v4")
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        # The server comes up while the hook waits: the retry reaches it.
+        waits.append(seconds)
+        hook.__dict__["settings"] = dataclasses.replace(hook.settings, base_url=emulator.base_url)
+
+    hook._sleep = sleep
+
+    queued = hook.submit_batch(QUEUE_MODEL, [{"prompt": "a"}])
+
+    assert len(waits) == 1
     assert [b["request_id"] for b in emulator.state()["batches"]] == [queued["request_id"]]

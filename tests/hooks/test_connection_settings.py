@@ -196,7 +196,8 @@ def test_test_connection_blames_the_account_id_for_7003(make_hook: Any, emulator
     ok, message = make_hook(login="f" * 32).test_connection()
 
     assert not ok
-    assert "check the connection's login (the account ID), not the token" in message
+    assert message.startswith("Failed while verifying the API token: ")
+    assert "check the login (the account ID) of Airflow connection 'cfai_test', not the token" in message
     assert "[7003]" in message
     assert emulator.token not in message
 
@@ -206,3 +207,81 @@ def test_repr_names_the_connection_not_the_secret(hook: CloudflareAIHook, emulat
 
     assert repr(hook) == "CloudflareAIHook(cloudflare_conn_id='cfai_test')"
     assert emulator.token not in repr(hook) + json.dumps(hook.__dict__, default=repr)
+
+
+# -- secrets reach Airflow's masker the moment they are read -------------------------------------------
+
+
+@pytest.fixture
+def masked(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What the connection reader gave Airflow's ``mask_secret`` (the real one still runs)."""
+    import airflow.sdk.log
+
+    given: list[Any] = []
+    real = airflow.sdk.log.mask_secret
+
+    def record(secret: Any, name: str | None = None) -> None:
+        given.append(secret)
+        real(secret, name)
+
+    monkeypatch.setattr(airflow.sdk.log, "mask_secret", record)
+    return given
+
+
+def _read(password: str | None, **extra: Any) -> Any:
+    from airflow.sdk import Connection
+
+    from airflow_provider_cfai.hooks._connection import read_settings
+
+    conn = Connection(
+        conn_id="cfai_mask", conn_type="cloudflare_ai", login="0" * 32, password=password, extra=json.dumps(extra)
+    )
+    return read_settings(conn, "cfai_mask", "cloudflare_ai", {})
+
+
+@pytest.mark.parametrize(
+    ("password", "extra", "secrets"),
+    [
+        pytest.param("api-token-0123456789abcdef", {}, ["api-token-0123456789abcdef"], id="api-token"),
+        pytest.param(
+            None,
+            {"email": "ops@example.com", "api_key": "global-key-0123456789"},
+            ["global-key-0123456789", "ops@example.com"],
+            id="global-api-key-and-email",
+        ),
+        pytest.param(
+            "api-token-0123456789abcdef",
+            {"proxies": {"https": "http://proxy-user:proxy-pa55word@proxy.internal:3128"}},
+            ["http://proxy-user:proxy-pa55word@proxy.internal:3128", "proxy-pa55word"],
+            id="proxy-credentials",
+        ),
+        pytest.param(
+            "api-token-0123456789abcdef",
+            {"redis_url": "redis://:redis-pa55word@redis.internal:6379/0"},
+            ["redis-pa55word"],
+            id="redis-password",
+        ),
+    ],
+)
+def test_secrets_are_given_to_airflows_masker_when_read(
+    masked: list[Any], password: str | None, extra: dict[str, Any], secrets: list[str]
+) -> None:
+    _read(password, **extra)
+
+    for secret in secrets:
+        assert secret in masked
+
+
+def test_airflows_masker_then_redacts_the_proxy_password_in_a_message(masked: list[Any]) -> None:
+    from airflow.sdk import log as sdk_log
+
+    masker = getattr(sdk_log, "_secrets_masker", None)
+    if masker is None:  # pragma: no cover - Airflow 3.1 keeps the masker elsewhere; the table above still checks
+        pytest.skip("this Airflow has no airflow.sdk.log._secrets_masker")
+    import uuid
+
+    password = f"pw{uuid.uuid4().hex}"  # the masker is process-wide: a secret no other test masked
+    _read("api-token-0123456789abcdef", proxies={"https": f"http://u:{password}@proxy.internal:3128"})
+
+    assert masker().redact(f"proxy refused: {password}.") == "proxy refused: ***."
+    assert password in masked

@@ -192,6 +192,84 @@ def test_create_with_unknown_outcome_is_not_duplicated(hook: Any, emulator: Any,
     assert calls(emulator, "POST") == (1 if action == "drop_after_commit" else 2)
 
 
+@pytest.mark.parametrize(
+    "garble",
+    [
+        pytest.param({}, id="truncated-json"),
+        pytest.param({"html": True}, id="html-page"),
+        pytest.param({"body": ["not", "an", "envelope"]}, id="json-not-an-envelope"),
+        pytest.param({"body": {"success": True, "errors": [], "result": {"name": "bot"}}}, id="envelope-without-id"),
+    ],
+)
+def test_create_answered_with_a_garbled_200_after_it_was_applied_returns_the_one_finetune(
+    hook: Any, emulator: Any, garble: dict[str, Any]
+) -> None:
+    hook._sleep = lambda seconds: None
+    rule = emulator.add_fault(method="POST", path=CREATE, action="garble_after_commit", **garble)
+
+    created = hook.create_finetune(MODEL, "bot")
+
+    (held,) = emulator.finetunes()
+    assert created["id"] == held["id"]
+    assert emulator.fired(rule) == 1
+    assert calls(emulator, "POST") == 1  # looked up, never re-sent
+
+
+def test_a_create_whose_answers_stay_garbled_fails_naming_the_finetune_to_look_for(
+    make_hook: Any, emulator: Any
+) -> None:
+    hook = make_hook(max_retries=2)
+    hook._sleep = lambda seconds: None
+    garbled = emulator.add_fault(method="POST", path=CREATE, action="garble_after_commit", html=True)
+    listing = emulator.add_fault(method="GET", path=LIST, times=5, status=503)
+
+    with pytest.raises(CloudflareAPIError) as caught:
+        hook.create_finetune(MODEL, "bot")
+
+    assert emulator.fired(garbled) == 1
+    assert emulator.fired(listing) == 2  # each retry looked the name up instead of creating again
+    assert calls(emulator, "POST") == 1
+    assert len(emulator.finetunes()) == 1
+    assert "Finetune 'bot' of " + MODEL + " may have been created" in str(caught.value)
+    assert "find_finetune" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("other_model", "other_name"),
+    [("@cf/google/gemma-7b-it-lora", "bot"), (MODEL, "bot-2")],
+    ids=["same-name-other-model", "same-model-other-name"],
+)
+@pytest.mark.parametrize("action", ["drop_after_commit", "garble_after_commit"])
+def test_the_look_up_after_an_unknown_create_matches_name_and_model(
+    hook: Any, emulator: Any, action: str, other_model: str, other_name: str
+) -> None:
+    other = hook.create_finetune(other_model, other_name)  # older, and not the one being created
+    hook._sleep = lambda seconds: None
+    rule = emulator.add_fault(method="POST", path=CREATE, action=action)
+
+    created = hook.create_finetune(MODEL, "bot")
+
+    assert emulator.fired(rule) == 1
+    assert (created["name"], created["model"]) == ("bot", MODEL)
+    assert created["id"] != other["id"]
+    assert len(emulator.finetunes()) == 2
+
+
+def test_an_unknown_create_stays_unknown_until_it_is_found(hook: Any, emulator: Any) -> None:
+    # The look-up itself is refused once (a 429 is a *known* failure): the next attempt must still
+    # look up, not re-send the create that may have been applied.
+    hook._sleep = lambda seconds: None
+    garbled = emulator.add_fault(method="POST", path=CREATE, action="garble_after_commit")
+    refused = emulator.add_fault(method="GET", path=LIST, status=429, headers={"Retry-After": "0"})
+
+    created = hook.create_finetune(MODEL, "bot")
+
+    assert (emulator.fired(garbled), emulator.fired(refused)) == (1, 1)
+    (held,) = emulator.finetunes()
+    assert created["id"] == held["id"]
+    assert calls(emulator, "POST") == 1
+
+
 def test_slow_create_after_commit_is_not_duplicated(make_hook: Any, emulator: Any) -> None:
     hook = make_hook(timeout=1)
     rule = emulator.add_fault(method="POST", path=CREATE, times=1, action="delay_after_commit", delay=3)

@@ -252,7 +252,7 @@ def test_importing_the_operator_module_loads_no_engine_trigger_or_hook() -> None
 
     assert "airflow_provider_cfai.operators.batch" in loaded
     heavy = {
-        "airflow_provider_cfai.batch.client",
+        "airflow_provider_cfai.hooks.cloudflare_ai_async",
         "airflow_provider_cfai.batch.engines",
         "airflow_provider_cfai.batch.inputs",
         "airflow_provider_cfai.batch.writer",

@@ -1,17 +1,18 @@
-"""AsyncCloudflareClient: one API call over httpx, driven by the shared retry policy."""
+"""CloudflareAIAsyncHook: one API call over httpx, driven by the shared retry policy and loop."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from connections import settings_for
 
-from airflow_provider_cfai.batch.client import AsyncCloudflareClient
 from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareAuthError, CloudflarePermanentAPIError
 from airflow_provider_cfai.hooks._connection import ConnectionSettings
+from airflow_provider_cfai.hooks.cloudflare_ai_async import CloudflareAIAsyncHook
 from airflow_provider_cfai.policy import AttemptFailed
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class FakeSleep:
 
 def call(settings: ConnectionSettings, inputs: dict[str, Any], sleep: FakeSleep | None = None) -> Any:
     async def main() -> Any:
-        async with AsyncCloudflareClient(settings, sleep=sleep) as client:
+        async with CloudflareAIAsyncHook(settings=settings, sleep=sleep) as client:
             return await client.run_model(MODEL, inputs)
 
     return asyncio.run(main())
@@ -122,7 +123,7 @@ def test_a_refused_connection_names_the_server_only_and_sent_nothing(emulator: R
     settings = settings_for(emulator, base_url=f"http://127.0.0.1:{port}/client/v4", max_retries=0)
 
     async def attempt() -> AttemptFailed:
-        async with AsyncCloudflareClient(settings) as client:
+        async with CloudflareAIAsyncHook(settings=settings) as client:
             with pytest.raises(AttemptFailed) as raised:
                 await client._send("POST", client.run_path(MODEL), json={"prompt": "x"}, params={"a": "secret"})
             return raised.value
@@ -141,7 +142,7 @@ def test_a_read_timeout_leaves_the_outcome_unknown(emulator: RunningEmulator) ->
     settings = settings_for(emulator, timeout=0.5)
 
     async def attempt() -> AttemptFailed:
-        async with AsyncCloudflareClient(settings) as client:
+        async with CloudflareAIAsyncHook(settings=settings) as client:
             with pytest.raises(AttemptFailed) as raised:
                 await client._send("POST", client.run_path(MODEL), json={"prompt": "x"}, params=None)
             return raised.value
@@ -166,9 +167,142 @@ def test_poll_batch_answers_a_pending_requests_status(emulator: RunningEmulator)
     ).json()["result"]
 
     async def main() -> dict[str, Any]:
-        async with AsyncCloudflareClient(settings_for(emulator)) as client:
+        async with CloudflareAIAsyncHook(settings=settings_for(emulator)) as client:
             return await client.poll_batch(model, submitted["request_id"])
 
     result = asyncio.run(main())
 
     assert result == {"status": "queued", "request_id": submitted["request_id"], "model": model}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param({"html": True}, id="html-page"),
+        pytest.param({"body": {"success": True, "errors": [], "result": ["not", "an", "object"]}}, id="not-an-object"),
+        pytest.param({"body": {"success": True, "errors": [], "result": {"model": "m"}}}, id="no-status-no-responses"),
+    ],
+)
+def test_a_malformed_poll_answer_gets_the_same_class_from_both_hooks(
+    emulator: RunningEmulator, make_hook: Any, answer: dict[str, Any]
+) -> None:
+    model = "@cf/meta/llama-3.3-70b-instruct-fp8-fast"
+    poll = {"path": RUN, "method": "POST", "request_body": '"request_id"', "status": 200, "times": 2, **answer}
+    settings = settings_for(emulator, max_retries=1)
+
+    async def poll_async() -> Any:
+        async with CloudflareAIAsyncHook(settings=settings, sleep=FakeSleep()) as client:
+            return await client.poll_batch(model, "rq-1")
+
+    hook = make_hook(max_retries=1)
+    hook._sleep = lambda seconds: None
+    sync_rule = emulator.add_fault(**poll)
+    with pytest.raises(CloudflareAPIError) as from_sync:
+        hook.poll_batch(model, "rq-1")
+    async_rule = emulator.add_fault(**poll)
+    with pytest.raises(CloudflareAPIError) as from_async:
+        asyncio.run(poll_async())
+
+    assert type(from_sync.value) is type(from_async.value) is CloudflareAPIError  # retried, Airflow may retry
+    assert str(from_sync.value) == str(from_async.value)
+    assert (emulator.fired(sync_rule), emulator.fired(async_rule)) == (2, 2)
+
+
+# -- the connection, as the trigger reads it ----------------------------------------------------------
+
+
+def test_the_hook_reads_its_airflow_connection_on_entry(
+    emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connections import connection_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_CFAI_ASYNC", connection_json(emulator, max_retries=0))
+
+    async def main() -> Any:
+        async with CloudflareAIAsyncHook("cfai_async") as hook:
+            assert hook.settings.max_retries == 0
+            return await hook.run_model(MODEL, {"prompt": "hello"})
+
+    assert asyncio.run(main())["response"].endswith("hello")
+    assert repr(CloudflareAIAsyncHook("cfai_async")) == "CloudflareAIAsyncHook(cloudflare_conn_id='cfai_async')"
+
+
+def test_a_missing_connection_fails_permanently_naming_it(emulator: RunningEmulator) -> None:
+    from airflow_provider_cfai.exceptions import CloudflareConfigError
+
+    async def main() -> None:
+        async with CloudflareAIAsyncHook("cfai_no_such_connection"):
+            pass
+
+    with pytest.raises(CloudflareConfigError, match="'cfai_no_such_connection' does not exist"):
+        asyncio.run(main())
+
+
+def test_settings_are_not_read_by_surprise_outside_async_with() -> None:
+    with pytest.raises(RuntimeError, match="inside `async with`"):
+        CloudflareAIAsyncHook("cfai_async").run_path(MODEL)
+
+
+def test_a_wrong_account_names_the_connection_and_the_fix(emulator: RunningEmulator) -> None:
+    settings = settings_for(emulator, account_id="0" * 32)
+
+    async def main() -> None:
+        async with CloudflareAIAsyncHook("cfai_batch", settings=settings, sleep=FakeSleep()) as hook:
+            await hook.run_model(MODEL, {"prompt": "x"})
+
+    with pytest.raises(CloudflarePermanentAPIError) as caught:
+        asyncio.run(main())
+
+    assert "[7003]" in str(caught.value)
+    assert "check the login (the account ID) of Airflow connection 'cfai_batch'" in str(caught.value)
+
+
+def test_proxies_and_a_ca_bundle_reach_the_httpx_client(emulator: RunningEmulator, tmp_path: Any) -> None:
+    import certifi
+
+    one_ca = tmp_path / "ca.pem"
+    bundle = Path(certifi.where()).read_text()
+    one_ca.write_text(bundle[: bundle.index("-----END CERTIFICATE-----") + 26])
+    proxies = {"https": "http://proxy.internal:3128", "all://example.org": "http://p:1"}
+    settings = settings_for(emulator, proxies=proxies, verify=str(one_ca))
+
+    async def main() -> Any:
+        async with CloudflareAIAsyncHook(settings=settings) as hook:
+            return hook.http
+
+    http = asyncio.run(main())
+
+    assert {str(pattern.pattern) for pattern in http._mounts} == {"https://", "all://example.org"}
+    assert http._transport._pool._ssl_context.cert_store_stats()["x509_ca"] == 1  # only the given CA
+
+
+def test_verify_false_switches_certificate_checks_off(emulator: RunningEmulator) -> None:
+    import ssl
+
+    async def main() -> Any:
+        async with CloudflareAIAsyncHook(settings=settings_for(emulator, verify=False)) as hook:
+            return hook.http
+
+    assert asyncio.run(main())._transport._pool._ssl_context.verify_mode == ssl.CERT_NONE
+
+
+def test_an_account_id_argument_replaces_the_connections(emulator: RunningEmulator) -> None:
+    other = "f" * 32
+
+    async def main() -> str:
+        async with CloudflareAIAsyncHook(settings=settings_for(emulator), account_id=other.upper()) as hook:
+            return hook.run_path(MODEL)
+
+    assert asyncio.run(main()) == f"/accounts/{other}/ai/run/{MODEL}"
+
+
+def test_transport_errors_are_described_by_class_name_only(emulator: RunningEmulator) -> None:
+    import httpx
+
+    hook = CloudflareAIAsyncHook(settings=settings_for(emulator))
+    quoted = "proxy http://user:pa55word@proxy.internal:3128 refused"
+
+    for error in (httpx.ConnectError(quoted), httpx.ReadError(quoted), httpx.ProxyError(quoted)):
+        described = hook._describe(error)
+        assert "pa55word" not in described
+        assert type(error).__name__ in described

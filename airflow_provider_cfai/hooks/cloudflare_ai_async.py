@@ -1,51 +1,47 @@
-"""The asynchronous transport: one Workers AI API call over ``httpx.AsyncClient``, by the shared policy.
+"""Async hook for Workers AI API calls from the triggerer and the batch engines (``httpx``).
 
-The trigger (and a non-deferred batch run) sends its calls through :class:`AsyncCloudflareClient`.
-What is retried, how long to wait and when to stop is :mod:`airflow_provider_cfai.policy`, driven
-by ``tenacity.AsyncRetrying`` exactly as the synchronous hook drives it with ``Retrying``; envelopes
-are read by the hook's own :func:`~airflow_provider_cfai.hooks._responses.unwrap`; every request
-waits its turn at the process-wide rate-limit gate of its credential
-(:mod:`airflow_provider_cfai.hooks._pacing`), the same gate the hook uses. This module decides
-nothing on its own: it only turns ``httpx`` outcomes into the policy's inputs.
+The asynchronous twin of :class:`~airflow_provider_cfai.hooks.cloudflare_ai.CloudflareAIHook`, as
+Airflow's http provider pairs ``HttpAsyncHook`` with ``HttpHook``: the same connection, the same
+policy (:mod:`airflow_provider_cfai.policy`), the same retry loop
+(:class:`~airflow_provider_cfai.hooks._retry.RetryLoop`), the same envelope reader
+(:func:`~airflow_provider_cfai.hooks._responses.unwrap`) and the same process-wide rate-limit gate
+of the token (:mod:`airflow_provider_cfai.hooks._pacing`). What is left here is ``httpx``: the
+pooled client, and turning its outcomes into the policy's inputs.
 
-Only the trigger and the engines import this module, at run time: it imports ``httpx``.
+Only the trigger and the batch engines import this module, at run time: it imports ``httpx``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
+from airflow.sdk import BaseHook
 
-from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflarePermanentAPIError
-from airflow_provider_cfai.hooks._connection import checked_account_id, user_agent
-from airflow_provider_cfai.hooks._pacing import gate_for_settings
-from airflow_provider_cfai.hooks._responses import unwrap
-from airflow_provider_cfai.policy import (
-    AttemptFailed,
-    RetryController,
-    RetryPolicy,
-    after_status,
-    after_transport_failure,
-    log_retry,
+from airflow_provider_cfai.exceptions import CloudflareAPIError
+from airflow_provider_cfai.hooks._connection import (
+    checked_account_id,
+    missing_connection_error,
+    origin,
+    read_settings,
+    user_agent,
 )
+from airflow_provider_cfai.hooks._pacing import gate_for_settings
+from airflow_provider_cfai.hooks._responses import BATCH_POLL, unwrap
+from airflow_provider_cfai.hooks._retry import RetryLoop
+from airflow_provider_cfai.policy import after_transport_failure
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
     from types import TracebackType
 
-    from tenacity import RetryCallState
-
     from airflow_provider_cfai.hooks._connection import ConnectionSettings
     from airflow_provider_cfai.hooks._pacing import Gate
 
-__all__ = ["AsyncCloudflareClient", "RetryLogger"]
-
-log = logging.getLogger(__name__)
+__all__ = ["CloudflareAIAsyncHook", "RetryLogger"]
 
 _CONNECT_TIMEOUT = 10.0
 # Nothing was sent when one of these is raised: the connection never existed (or, for a pool
@@ -59,43 +55,56 @@ class RetryLogger(Protocol):
     def warning(self, msg: str, /, *args: Any) -> Any: ...
 
 
-class AsyncCloudflareClient:
-    """Send Workers AI API calls from async code, one pooled ``httpx.AsyncClient`` per client.
+class CloudflareAIAsyncHook(BaseHook):
+    """Send Workers AI API calls from async code, one pooled ``httpx.AsyncClient`` per hook.
 
-    Use it as an async context manager (the connection pool is closed on exit)::
+    Use it as an async context manager: the connection is read on entry (``aget_connection``, off
+    the event loop's blocking paths) and the pool is closed on exit::
 
-        async with AsyncCloudflareClient(settings) as client:
-            result = await client.run_model("@cf/meta/llama-3.1-8b-instruct", {"prompt": "Hi"})
+        async with CloudflareAIAsyncHook("cloudflare_ai_default") as hook:
+            result = await hook.run_model("@cf/meta/llama-3.1-8b-instruct", {"prompt": "Hi"})
 
-    :param settings: the checked connection (:func:`~airflow_provider_cfai.hooks._connection.read_settings`).
+    :param cloudflare_conn_id: the Airflow connection to use.
+    :param settings: already checked connection settings, instead of reading ``cloudflare_conn_id``
+        (a worker that holds the sync hook's :attr:`~CloudflareAIHook.settings`).
     :param account_id: another account than the connection's login.
     :param max_connections: the pool size; at least the number of calls made at once.
     :param sleep: how retries wait (tests pass a fake clock's sleep).
     :param logger: where retries are logged (a trigger passes its own ``log``).
     """
 
+    conn_name_attr = "cloudflare_conn_id"
+    default_conn_name = "cloudflare_ai_default"
+    conn_type = "cloudflare_ai"
+    hook_name = "Cloudflare Workers AI (async)"
+
     def __init__(
         self,
-        settings: ConnectionSettings,
+        cloudflare_conn_id: str = default_conn_name,
         *,
+        settings: ConnectionSettings | None = None,
         account_id: str | None = None,
         max_connections: int = 16,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         logger: RetryLogger | None = None,
+        **kwargs: Any,
     ) -> None:
-        self.settings = settings
-        self.account_id = checked_account_id(account_id.strip()) if account_id else settings.account_id
+        super().__init__(**kwargs)
+        self.cloudflare_conn_id = cloudflare_conn_id
+        self._settings = settings
+        self._account_override = checked_account_id(account_id.strip()) if account_id else None
         self._max_connections = max_connections
         self._sleep = sleep
-        self.log: RetryLogger = logger or log
+        if logger is not None:
+            self._log = logger  # type: ignore[assignment]
         self._gate: Gate | None = None
         self._http: httpx.AsyncClient | None = None
-        parts = urlsplit(settings.base_url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        #: how messages name the server: ``scheme://host:port``, never a path, query or credential.
-        self.origin = f"{parts.scheme}://{parts.hostname}:{port}"
 
-    async def __aenter__(self) -> AsyncCloudflareClient:
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(cloudflare_conn_id={self.cloudflare_conn_id!r})"
+
+    async def __aenter__(self) -> CloudflareAIAsyncHook:
+        await self.aget_settings()
         return self
 
     async def __aexit__(
@@ -104,9 +113,41 @@ class AsyncCloudflareClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connection pool."""
         http, self._http = self._http, None
         if http is not None:
             await http.aclose()
+
+    # -- connection -------------------------------------------------------------------------------
+
+    async def aget_settings(self) -> ConnectionSettings:
+        """The checked connection settings, read from Airflow on first use (``aget_connection``)."""
+        if self._settings is None:
+            try:
+                conn = await self.aget_connection(self.cloudflare_conn_id)
+            except Exception as error:
+                missing = missing_connection_error(self.cloudflare_conn_id, self.conn_type, error)
+                if missing is None:
+                    raise
+                raise missing from None
+            self._settings = read_settings(conn, self.cloudflare_conn_id, self.conn_type, {})
+        return self._settings
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        """The settings once read (inside ``async with``, or given to the constructor)."""
+        if self._settings is None:
+            raise RuntimeError(f"{self!r}: use it inside `async with`, or await aget_settings() first")
+        return self._settings
+
+    @property
+    def account_id(self) -> str:
+        return self._account_override or self.settings.account_id
+
+    @property
+    def origin(self) -> str:
+        """How messages name the server: ``scheme://host:port``, never a path, query or credential."""
+        return origin(self.settings.base_url)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -145,43 +186,45 @@ class AsyncCloudflareClient:
 
         A poll changes nothing on the server, so the policy may repeat it freely.
         """
-        path = self.run_path(model)
-        result = await self.request("POST", path, json={"request_id": request_id}, params={"queueRequest": "true"})
-        if not isinstance(result, dict):
-            detail = f"expected an object as result, got {type(result).__name__}"
-            raise CloudflarePermanentAPIError("POST", path, 200, detail=detail)
+        body = {"request_id": request_id}
+        result: dict[str, Any] = await self.request(
+            "POST", self.run_path(model), json=body, params={"queueRequest": "true"}, needs=BATCH_POLL
+        )
         return result
 
     async def request(
-        self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        needs: tuple[str, ...] | None = None,
     ) -> Any:
         """Send one API call under the retry policy and return the envelope's ``result``.
 
+        :param needs: what a success must carry (:func:`~airflow_provider_cfai.hooks._responses.unwrap`).
         :raises CloudflareAPIError: (or a subclass) once the policy gives up.
         """
-        from tenacity import AsyncRetrying
+        settings = await self.aget_settings()
+        loop = RetryLoop(settings, self.cloudflare_conn_id, log=self.log)
 
-        control = RetryController(RetryPolicy(self.settings.max_retries, self.settings.retry_budget))
-        extra: dict[str, Any] = {"sleep": self._sleep} if self._sleep is not None else {}
-        retrying = AsyncRetrying(
-            retry=control.retry,
-            stop=control.stop,
-            wait=control.wait,
-            before_sleep=self._log_retry,
-            reraise=True,
-            **extra,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._send(method, path, json=json, params=params)
-        except AttemptFailed as failed:
-            raise failed.error from failed.__cause__
-        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+        async def send() -> Any:
+            return await self._send(method, path, json=json, params=params, needs=needs)
+
+        return await loop.arun(send, sleep=self._sleep)
 
     # -- one attempt ------------------------------------------------------------------------------
 
-    async def _send(self, method: str, path: str, *, json: Any, params: Mapping[str, str] | None) -> Any:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        params: Mapping[str, str] | None,
+        needs: tuple[str, ...] | None = None,
+    ) -> Any:
         gate = await self._rate_gate()
         ticket = await gate.acquire_async()
         headers: Mapping[str, str] | None = None
@@ -194,13 +237,10 @@ class AsyncCloudflareClient:
         finally:
             # The gate reads Ratelimit (and Ratelimit-Policy) itself; None: no answer arrived.
             await gate.release_async(ticket, headers)
-        try:
-            return unwrap(response, method, path)
-        except CloudflareAPIError as error:
-            raise after_status(error, response.headers.get("Retry-After")) from None
+        return unwrap(response, method, path, needs=needs)
 
     async def _rate_gate(self) -> Gate:
-        """The process-wide gate of this connection's token (the hook's too), found on first use."""
+        """The process-wide gate of this connection's token (the sync hook's too), found on first use."""
         if self._gate is None:
             # It may read another Airflow connection (``redis_conn_id``): not on the event loop.
             self._gate = await asyncio.to_thread(gate_for_settings, self.settings)
@@ -217,9 +257,6 @@ class AsyncCloudflareClient:
         if isinstance(exc, httpx.ReadTimeout):
             return f"no response from {self.origin} within {self.settings.timeout:.0f} s (read timeout)"
         return f"the connection to {self.origin} failed ({type(exc).__name__})"
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        log_retry(self.log, state, attempts=self.settings.max_retries + 1)
 
 
 def _proxy_pattern(key: str) -> str:
