@@ -205,7 +205,9 @@ def test_a_bad_token_is_not_mistaken_for_a_missing_permission(
     with pytest.raises(CloudflareAPIError, match="HTTP 401") as caught:
         promote(hook, namespace, "support-a")
 
-    assert "permission" not in str(caught.value)
+    # Passed through as the bad credentials it is (with the connection hint), not as a missing KV permission.
+    assert not isinstance(caught.value, PromotionCheckError)
+    assert "Workers KV" not in str(caught.value)
 
 
 def test_template_fields_cover_every_user_facing_argument() -> None:
