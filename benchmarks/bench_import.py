@@ -22,6 +22,7 @@ from common import PYTHON, ROOT, WORK, Result, child_env, median, run_json
 from table import Figure, Row
 
 OURS = {
+    "provider info": "import airflow_provider_cfai; airflow_provider_cfai.get_provider_info()",
     "operators.finetune": "import airflow_provider_cfai.operators.finetune",
     "operators.inference": "import airflow_provider_cfai.operators.inference",
     "operators.batch": "import airflow_provider_cfai.operators.batch",
@@ -31,7 +32,8 @@ ANCHORS = {
     "cloudflare SDK": "from cloudflare import Cloudflare",
 }
 # httpx and fsspec are not listed: airflow.sdk itself imports them, so every DAG file pays them already.
-HEAVY = ["requests", "requests_toolbelt", "fastapi", "uvicorn", "redis", "openlineage"]
+# pydantic_ai: the common-ai extra's connection type is declared as data; only its hook imports it.
+HEAVY = ["requests", "requests_toolbelt", "fastapi", "uvicorn", "redis", "openlineage", "pydantic_ai"]
 TARGET_MS = 5.0
 
 PROBE = """

@@ -6,12 +6,14 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["requests", "requests_toolbelt", "fastapi", "uvicorn", "httpx", "starlette", "tenacity", "fsspec"]
+HEAVY = ["requests", "requests_toolbelt", "fastapi", "uvicorn", "httpx", "starlette", "tenacity", "fsspec", "pydantic_ai"]
 
 PROBE = """
 import json, sys
 import airflow.sdk
 before = set(sys.modules)
+import airflow_provider_cfai
+airflow_provider_cfai.get_provider_info()  # declares pydanticai_cloudflare without importing its hook
 import airflow_provider_cfai.operators.finetune
 import airflow_provider_cfai.operators.inference
 import airflow_provider_cfai.operators.batch

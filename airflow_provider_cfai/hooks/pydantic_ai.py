@@ -86,6 +86,13 @@ class CloudflarePydanticAIHook(PydanticAIHook):  # type: ignore[misc]
 
         return CloudflareAIHook(cloudflare_conn_id=self.llm_conn_id)
 
+    def test_connection(self) -> tuple[bool, str]:
+        """Resolve the model, then check the token and account read-only (no inference is run)."""
+        resolved, message = super().test_connection()
+        if not resolved:
+            return resolved, message
+        return self.cloudflare_hook.test_connection()
+
     def _resolve_own_model(
         self,
         *,
