@@ -68,7 +68,7 @@ def example_llm_ticket_triage() -> None:
 
     triaged = triage("I was charged twice for my billing plan this month, please refund one.")
 
-    urgent = LLMOperator(
+    triage_outage = LLMOperator(
         task_id="triage_outage",
         llm_conn_id=LLM_CONN_ID,
         system_prompt=INSTRUCTIONS,
@@ -81,8 +81,8 @@ def example_llm_ticket_triage() -> None:
     def route(tickets: list[Ticket]) -> list[str]:
         return [f"{t.category}{' (urgent)' if t.urgent else ''}: {t.summary}" for t in tickets]
 
-    register >> [triaged, urgent]
-    route([triaged, urgent.output])
+    register >> [triaged, triage_outage]
+    route([triaged, triage_outage.output])
 
 
 example_llm_ticket_triage()

@@ -6,7 +6,17 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["requests", "requests_toolbelt", "fastapi", "uvicorn", "httpx", "starlette", "tenacity", "fsspec", "pydantic_ai"]
+HEAVY = [
+    "requests",
+    "requests_toolbelt",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "starlette",
+    "tenacity",
+    "fsspec",
+    "pydantic_ai",
+]
 
 PROBE = """
 import json, sys

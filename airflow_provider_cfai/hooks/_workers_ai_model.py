@@ -12,16 +12,24 @@ Imported only by :mod:`airflow_provider_cfai.hooks.pydantic_ai` (the ``common-ai
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    SystemPromptPart,
+    TextPart,
+    UserPromptPart,
+)
 from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.usage import RequestUsage
 
 from airflow_provider_cfai.exceptions import CloudflareInputError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pydantic_ai.settings import ModelSettings
 
     from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
@@ -139,14 +147,14 @@ class WorkersAIModel(Model):
         for message in messages:
             if isinstance(message, ModelRequest):
                 for part in message.parts:
-                    kind = getattr(part, "part_kind", None)
-                    if kind == "system-prompt":
-                        chat.append({"role": "system", "content": part.content})  # type: ignore[union-attr]
-                    elif kind == "user-prompt":
-                        chat.append({"role": "user", "content": _text(part.content)})  # type: ignore[union-attr]
-                    elif kind in ("retry-prompt", "retry-feedback"):
-                        # An answer that failed validation: the model is told why and asked again.
-                        chat.append({"role": "user", "content": part.model_response()})  # type: ignore[union-attr]
+                    if isinstance(part, SystemPromptPart):
+                        chat.append({"role": "system", "content": part.content})
+                    elif isinstance(part, UserPromptPart):
+                        chat.append({"role": "user", "content": _text(part.content)})
+                    elif getattr(part, "part_kind", None) in ("retry-prompt", "retry-feedback"):
+                        # An answer that failed validation: the model is told why and asked again
+                        # (pydantic-ai 2.78 renamed the part; both have model_response()).
+                        chat.append({"role": "user", "content": str(part.model_response())})  # type: ignore[union-attr]
             elif isinstance(message, ModelResponse):
                 text = "".join(part.content for part in message.parts if isinstance(part, TextPart))
                 if text:
@@ -168,7 +176,7 @@ class WorkersAIModel(Model):
                 f"{self._model_name} answered without a text 'response' (keys: {sorted(result)}); "
                 f"@task.llm needs a {TEXT_GENERATION!r} model."
             )
-        usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
+        usage: dict[str, Any] = result["usage"] if isinstance(result.get("usage"), dict) else {}
         return ModelResponse(
             parts=[TextPart(content=text)],
             usage=RequestUsage(

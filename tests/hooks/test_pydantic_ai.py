@@ -17,14 +17,14 @@ pytest.importorskip(
     reason="the common-ai extra is not installed (it needs Python 3.11+): pip install '.[common-ai]'",
 )
 
-from airflow.providers.common.ai.hooks.pydantic_ai import PydanticAIHook  # noqa: E402
+from airflow.providers.common.ai.hooks.pydantic_ai import PydanticAIHook
 
-from airflow_provider_cfai.exceptions import (  # noqa: E402
+from airflow_provider_cfai.exceptions import (
     CloudflareAuthError,
     CloudflareConfigError,
     CloudflareInputError,
 )
-from airflow_provider_cfai.hooks.pydantic_ai import CloudflarePydanticAIHook  # noqa: E402
+from airflow_provider_cfai.hooks.pydantic_ai import CloudflarePydanticAIHook
 
 MODEL = "@cf/mistral/mistral-7b-instruct-v0.2-lora"
 OTHER_MODEL = "@cf/google/gemma-7b-it-lora"
@@ -37,7 +37,9 @@ class Ticket(BaseModel):
     summary: str
 
 
-def set_connection(emulator: Any, monkeypatch: pytest.MonkeyPatch, *, password: str | None = None, **extra: Any) -> None:
+def set_connection(
+    emulator: Any, monkeypatch: pytest.MonkeyPatch, *, password: str | None = None, **extra: Any
+) -> None:
     conn = json.loads(emulator.connection_json(max_retries=3, retry_budget=30, timeout=10, **extra))
     conn["conn_type"] = "pydanticai_cloudflare"
     if password is not None:
@@ -159,7 +161,7 @@ def test_a_finetune_of_another_model_is_refused_before_inference(
 def test_a_missing_finetune_is_named(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     set_connection(emulator, monkeypatch, model=MODEL, lora="no-such-finetune")
 
-    with pytest.raises(CloudflareInputError, match="'no-such-finetune' .* does not exist"):
+    with pytest.raises(CloudflareInputError, match=r"'no-such-finetune' .* does not exist"):
         classify(CloudflarePydanticAIHook(llm_conn_id=CONN_ID))
 
     assert lora_runs(emulator) == []
@@ -223,7 +225,9 @@ def test_the_token_is_masked_and_reaches_no_log(
 
     masked: list[Any] = []
     original = airflow.sdk.log.mask_secret
-    monkeypatch.setattr(airflow.sdk.log, "mask_secret", lambda secret, name=None: (masked.append(secret), original(secret, name)))
+    monkeypatch.setattr(
+        airflow.sdk.log, "mask_secret", lambda secret, name=None: (masked.append(secret), original(secret, name))
+    )
     caplog.set_level(logging.DEBUG)
     set_connection(emulator, monkeypatch, model=MODEL, lora="support-triage")
 
