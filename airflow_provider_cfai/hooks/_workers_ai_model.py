@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
+from pydantic_ai.exceptions import ModelAPIError
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -25,7 +26,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.usage import RequestUsage
 
-from airflow_provider_cfai.exceptions import CloudflareInputError
+from airflow_provider_cfai.exceptions import CloudflareAPIError, CloudflareInputError, CloudflarePermanentAPIError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -105,7 +106,14 @@ class WorkersAIModel(Model):
             if value is not None:
                 inputs[key] = value
         # The hook is synchronous (requests + tenacity): a worker thread keeps the event loop free.
-        result = await anyio.to_thread.run_sync(functools.partial(self._run, inputs))
+        try:
+            result = await anyio.to_thread.run_sync(functools.partial(self._run, inputs))
+        except CloudflarePermanentAPIError:
+            raise  # a wrong token or input fails the same on any connection: no fallback, no task retry
+        except CloudflareAPIError as error:
+            # Still failing after the provider's retries (5xx, timeouts, 429 past the budget): as a
+            # ModelAPIError, common-ai's fallback_conn_ids move on to the next connection.
+            raise ModelAPIError(self._model_name, str(error)) from error
         return self._response(result)
 
     def _run(self, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -104,8 +104,8 @@ class CloudflarePydanticAIHook(PydanticAIHook):  # type: ignore[misc]
 
         _, extra = self._get_conn_and_extra()
         name = self._get_configured_model_name()
-        if not name and forwarded_model_provider == self.model_provider:
-            # As a fallback of another Workers AI connection, the primary's model name applies here too.
+        if not name:
+            # As a fallback without a model of its own, the primary's model name (checked below) applies.
             name = forwarded_model_id
         name = _workers_ai_name(self.llm_conn_id, name)
         lora = self.lora if self.lora is not None else extra.get("lora")

@@ -23,6 +23,7 @@ from airflow_provider_cfai.exceptions import (
     CloudflareAuthError,
     CloudflareConfigError,
     CloudflareInputError,
+    CloudflarePermanentAPIError,
 )
 from airflow_provider_cfai.hooks.pydantic_ai import CloudflarePydanticAIHook
 
@@ -40,7 +41,7 @@ class Ticket(BaseModel):
 def set_connection(
     emulator: Any, monkeypatch: pytest.MonkeyPatch, *, password: str | None = None, **extra: Any
 ) -> None:
-    conn = json.loads(emulator.connection_json(max_retries=3, retry_budget=30, timeout=10, **extra))
+    conn = json.loads(emulator.connection_json(**{"max_retries": 3, "retry_budget": 30, "timeout": 10, **extra}))
     conn["conn_type"] = "pydanticai_cloudflare"
     if password is not None:
         conn["password"] = password
@@ -115,6 +116,8 @@ def test_an_answer_that_fails_validation_is_asked_again(
     assert emulator.fired(rule) == 1
     assert ticket.category == "billing"
     assert len(lora_runs(emulator)) == 2
+    finetune_lists = [r for r in emulator.state()["requests"] if r["path"].endswith("/ai/finetunes")]
+    assert len(finetune_lists) == 2  # the fixture's create, and one look-up for both requests
 
 
 def test_a_429_is_paced_and_retried(emulator: Any, monkeypatch: pytest.MonkeyPatch, finetune: dict[str, Any]) -> None:
@@ -312,3 +315,38 @@ def test_airflow_connections_test_dispatches_to_the_hook(airflow_db: Any, emulat
     assert "Connection success!" in result.stdout, result.stdout + result.stderr
     assert any(r["path"].endswith("/tokens/verify") for r in emulator.state()["requests"])  # our hook answered
     assert emulator.token not in result.stdout + result.stderr
+
+
+def test_a_connection_still_failing_after_retries_falls_back_to_the_next(
+    emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_connection(emulator, monkeypatch, model=MODEL, max_retries=0, fallback_conn_ids=["support_bot_backup"])
+    backup = json.loads(emulator.connection_json())  # no model: the primary's applies
+    backup["conn_type"] = "pydanticai_cloudflare"
+    monkeypatch.setenv("AIRFLOW_CONN_SUPPORT_BOT_BACKUP", json.dumps(backup))
+    rule = emulator.add_fault(method="POST", path=r"/ai/run/", status=503, times=1)
+
+    ticket = classify(PydanticAIHook.get_hook(CONN_ID))
+
+    assert emulator.fired(rule) == 1
+    assert ticket.summary.startswith(f"[{MODEL}]")
+    assert len(lora_runs(emulator)) == 2
+
+
+def test_a_refused_request_does_not_fall_back(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(emulator, monkeypatch, model=MODEL, fallback_conn_ids=["support_bot_backup"])
+    backup = json.loads(emulator.connection_json(model=MODEL))
+    backup["conn_type"] = "pydanticai_cloudflare"
+    monkeypatch.setenv("AIRFLOW_CONN_SUPPORT_BOT_BACKUP", json.dumps(backup))
+    rule = emulator.add_fault(
+        method="POST",
+        path=r"/ai/run/",
+        status=400,
+        body={"success": False, "errors": [{"code": 5006, "message": "Bad input"}]},
+    )
+
+    with pytest.raises(CloudflarePermanentAPIError, match="Bad input"):
+        classify(PydanticAIHook.get_hook(CONN_ID))
+
+    assert emulator.fired(rule) == 1
+    assert len(lora_runs(emulator)) == 1
