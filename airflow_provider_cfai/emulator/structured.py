@@ -16,6 +16,7 @@ from typing import Any
 __all__ = ["json_answer"]
 
 _MAX_DEPTH = 8
+_SCHEMA_KEYS = frozenset({"type", "properties", "$ref", "anyOf", "oneOf", "allOf", "enum", "const"})
 
 
 def json_answer(messages: list[dict[str, Any]], label: str, prompt: str) -> str | None:
@@ -39,7 +40,7 @@ def _schema_in(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
                 candidate, _ = decoder.raw_decode(content, start)
             except ValueError:
                 candidate = None
-            if isinstance(candidate, dict) and ("properties" in candidate or "type" in candidate):
+            if isinstance(candidate, dict) and not _SCHEMA_KEYS.isdisjoint(candidate):
                 return candidate
             start = content.find("{", start + 1)
     return None

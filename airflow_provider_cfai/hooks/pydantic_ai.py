@@ -113,8 +113,6 @@ class CloudflarePydanticAIHook(PydanticAIHook):  # type: ignore[misc]
             raise CloudflareConfigError(
                 f"Connection {self.llm_conn_id!r}: extra 'lora' must be a finetune ID or name, got {lora!r}."
             )
-        # Reading the settings checks account, token and base URL and masks the token at once.
-        self.cloudflare_hook.settings  # noqa: B018
         return WorkersAIModel(self.cloudflare_hook, name, lora=lora.strip() or None if lora else None)
 
 

@@ -245,6 +245,13 @@ def test_test_connection_verifies_the_token(emulator: Any, monkeypatch: pytest.M
     set_connection(emulator, monkeypatch, model=MODEL)
     assert CloudflarePydanticAIHook(llm_conn_id=CONN_ID).test_connection()[0] is True
 
+    set_connection(emulator, monkeypatch)
+    assert CloudflarePydanticAIHook(llm_conn_id=CONN_ID).test_connection() == (
+        False,
+        f"Connection {CONN_ID!r} names no model: set its extra 'model' (e.g. "
+        '{"model": "@cf/mistral/mistral-7b-instruct-v0.2-lora"}) or pass model_id.',
+    )
+
     set_connection(emulator, monkeypatch, password="wrong-token-0123456789abcdef", model=MODEL)
     ok, message = CloudflarePydanticAIHook(llm_conn_id=CONN_ID).test_connection()
 
