@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,3 +46,33 @@ def test_task_llm_and_llm_operator_return_validated_tickets_from_the_finetune(
     runs = [r for r in emulator.state()["requests"] if "/ai/run/" in r["path"]]
     assert len(runs) == 2
     assert {r["lora"] for r in runs} == {"support-triage"}
+
+
+def test_the_token_reaches_no_log_db_or_xcom_when_a_run_succeeds_and_one_fails(
+    airflow_db: Any,
+    airflow_home: Any,
+    emulator: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    support_bot(emulator, monkeypatch)
+    assert run_dag(DAG_ID).state == "success"
+    rule = emulator.add_fault(
+        method="POST",
+        path=r"/ai/run/",
+        times=10,
+        status=401,
+        body={"success": False, "errors": [{"code": 10000, "message": "Authentication error"}]},
+    )
+
+    assert run_dag(DAG_ID, logical_date="2026-01-12").state == "failed"
+
+    assert emulator.fired(rule) == 2  # each LLM task's one run call; a 401 is neither retried nor a fallback
+    out, err = capfd.readouterr()
+    assert "Authentication error" in out + err + caplog.text  # the failure really was logged
+    for text in (out, err, caplog.text):
+        assert emulator.token not in text
+    hits = [str(p) for p in Path(airflow_home).rglob("*") if p.is_file() and emulator.token.encode() in p.read_bytes()]
+    assert hits == []
