@@ -84,7 +84,9 @@ class CloudflarePydanticAIHook(PydanticAIHook):  # type: ignore[misc]
         """The provider's hook on the same connection: it reads and checks the credentials."""
         from airflow_provider_cfai.hooks.cloudflare_ai import CloudflareAIHook
 
-        return CloudflareAIHook(cloudflare_conn_id=self.llm_conn_id)
+        hook = CloudflareAIHook(cloudflare_conn_id=self.llm_conn_id)
+        hook.conn_type = self.conn_type  # its messages then name this connection's type
+        return hook
 
     def test_connection(self) -> tuple[bool, str]:
         """Resolve the model, then check the token and account read-only (no inference is run)."""
@@ -100,6 +102,8 @@ class CloudflarePydanticAIHook(PydanticAIHook):  # type: ignore[misc]
         forwarded_from_conn_id: str | None = None,
         forwarded_model_provider: str | None = None,
     ) -> Model:
+        # common-ai's get_conn() builds the primary's model, and each fallback's, through this method;
+        # overriding it (rather than get_conn) keeps its fallback chains working across connection types.
         from airflow_provider_cfai.hooks._workers_ai_model import WorkersAIModel
 
         _, extra = self._get_conn_and_extra()
@@ -113,7 +117,7 @@ class CloudflarePydanticAIHook(PydanticAIHook):  # type: ignore[misc]
             raise CloudflareConfigError(
                 f"Connection {self.llm_conn_id!r}: extra 'lora' must be a finetune ID or name, got {lora!r}."
             )
-        return WorkersAIModel(self.cloudflare_hook, name, lora=lora.strip() or None if lora else None)
+        return WorkersAIModel(self.cloudflare_hook, name, lora=(lora or "").strip() or None)
 
 
 def _workers_ai_name(conn_id: str, name: str | None) -> str:
