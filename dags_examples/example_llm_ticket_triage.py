@@ -78,7 +78,9 @@ def example_llm_ticket_triage() -> None:
     # [END howto_llm_ticket_triage]
 
     @task
-    def route(tickets: list[Ticket]) -> list[str]:
+    def route(results: list[Ticket | dict[str, object]]) -> list[str]:
+        # A Ticket on Airflow 3.3; Airflow 3.1's Task SDK hands the result over as a dict.
+        tickets = [Ticket.model_validate(result) for result in results]
         return [f"{t.category}{' (urgent)' if t.urgent else ''}: {t.summary}" for t in tickets]
 
     register >> [triaged, triage_outage]
