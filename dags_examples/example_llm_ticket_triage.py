@@ -78,9 +78,9 @@ def example_llm_ticket_triage() -> None:
     # [END howto_llm_ticket_triage]
 
     @task
-    def route(results: list[Ticket | dict[str, object]]) -> list[str]:
-        # A Ticket on Airflow 3.3; Airflow 3.1's Task SDK hands the result over as a dict.
-        tickets = [Ticket.model_validate(result) for result in results]
+    def route(results: list[BaseModel | dict[str, object]]) -> list[str]:
+        # A Ticket on Airflow 3.3 (of the DAG file's module as XCom imports it); a dict on Airflow 3.1.
+        tickets = [Ticket.model_validate(r.model_dump() if isinstance(r, BaseModel) else r) for r in results]
         return [f"{t.category}{' (urgent)' if t.urgent else ''}: {t.summary}" for t in tickets]
 
     register >> [triaged, triage_outage]
