@@ -22,7 +22,6 @@ from common import PYTHON, ROOT, WORK, Result, child_env, median, run_json
 from table import Figure, Row
 
 OURS = {
-    "provider info": "import airflow_provider_cfai; airflow_provider_cfai.get_provider_info()",
     "operators.finetune": "import airflow_provider_cfai.operators.finetune",
     "operators.inference": "import airflow_provider_cfai.operators.inference",
     "operators.batch": "import airflow_provider_cfai.operators.batch",
