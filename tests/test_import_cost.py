@@ -39,3 +39,16 @@ def test_operator_and_hook_modules_import_no_heavy_library() -> None:
 
     assert "airflow_provider_cfai" in imported  # the probe really imported something
     assert imported.isdisjoint(HEAVY), sorted(imported & set(HEAVY))
+
+
+def test_provider_info_and_operator_modules_never_import_pydantic_ai() -> None:
+    """Airflow reads get_provider_info() while importing itself, so this looks at the whole process."""
+    probe = (
+        "import sys, airflow_provider_cfai; airflow_provider_cfai.get_provider_info(); import airflow.sdk; "
+        "import airflow_provider_cfai.operators.finetune, airflow_provider_cfai.operators.inference, "
+        "airflow_provider_cfai.operators.batch, airflow_provider_cfai.hooks.cloudflare_ai; "
+        "print('pydantic_ai' in sys.modules, 'airflow_provider_cfai.operators.batch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+
+    assert out.strip().splitlines()[-1] == "False True"
