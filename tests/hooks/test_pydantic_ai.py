@@ -237,7 +237,7 @@ def test_the_token_is_masked_and_reaches_no_log(
     classify(CloudflarePydanticAIHook(llm_conn_id=CONN_ID))
 
     assert emulator.token in masked
-    assert "support-triage" in caplog.text or caplog.records  # something was logged
+    assert caplog.records  # the run did log (pydantic-ai, the hook), so the check below looks at something
     assert emulator.token not in caplog.text
 
 
