@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-$(AIRFLOW_LINE)-$(subst $(comma),-,$(EXTRAS))
 UV_VERSION := 0.13.9
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck pytest bench bench-smoke test-oldest lock clean
+.PHONY: install demo test lint typecheck pytest bench bench-smoke test-oldest test-pydantic-ai-oldest lock clean
 
 install: $(STAMP)
 
@@ -46,6 +46,17 @@ test: lint typecheck pytest
 test-oldest:
 	$(MAKE) pytest AIRFLOW_LINE=3.1
 
+# The common-ai extra on the lowest pydantic-ai-slim common-ai supports (the lock has the newest), in
+# its own venv: the lock with requirements/pydantic-ai-oldest.txt's pins instead of its own, and only
+# the tests that run pydantic-ai (not the CLI and log-scan ones, which do not depend on its version).
+PAI_OLDEST := .venv-pydantic-ai-oldest
+test-pydantic-ai-oldest:
+	mkdir -p $(PAI_OLDEST)
+	grep -v -E '^(pydantic-ai-slim|pydantic-graph)==' requirements/constraints-airflow-3.3.txt \
+		| cat - requirements/pydantic-ai-oldest.txt > $(PAI_OLDEST)/constraints.txt
+	$(MAKE) pytest VENV=$(PAI_OLDEST) LOCK=$(PAI_OLDEST)/constraints.txt \
+		PYTEST_ARGS="tests/hooks/test_pydantic_ai.py tests/dags/test_llm_dags.py -k 'not connections_test and not token_reaches'"
+
 bench:
 	$(MAKE) install EXTRAS=dev,bench
 	$(BIN)/python benchmarks/run.py
@@ -56,9 +67,9 @@ bench-smoke:
 
 # Re-resolve the pinned versions (needs the package index).
 lock: install
-	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --universal --python-version 3.10 \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --extra common-ai --universal --python-version 3.10 \
 		-c requirements/airflow-3.3.in -o requirements/constraints-airflow-3.3.txt
-	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.10 \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra common-ai --universal --python-version 3.10 \
 		-c requirements/airflow-3.1.in -o requirements/constraints-airflow-3.1.txt
 
 clean:

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "get_provider_info"]
 
 _HOOK_CLASS = "airflow_provider_cfai.hooks.cloudflare_ai.CloudflareAIHook"
+_PYDANTIC_AI_HOOK_CLASS = "airflow_provider_cfai.hooks.pydantic_ai.CloudflarePydanticAIHook"
 
 #: The connection form, declared as data (read by Airflow 3.2+ without importing the hook). The
 #: hook's ``get_ui_field_behaviour`` / ``get_connection_form_widgets`` serve Airflow 3.1 from this.
@@ -74,6 +75,38 @@ CONNECTION_FORM: dict[str, Any] = {
 }
 
 
+#: The ``pydanticai_cloudflare`` connection (common-ai's ``@task.llm`` / agents on a finetune): the same
+#: credentials and host as ``cloudflare_ai``, plus the model and finetune. Its hook needs the
+#: ``common-ai`` extra; the form says so, since Airflow shows the type without importing the hook.
+PYDANTIC_AI_CONNECTION_FORM: dict[str, Any] = {
+    "ui-field-behaviour": {
+        "hidden-fields": ["schema", "port"],
+        "relabeling": {"login": "Account ID", "password": "API Token", "host": "API base URL"},
+        "placeholders": {
+            "login": "32-character Cloudflare account ID",
+            "password": "API token with the Workers AI Read (or Write) permission",
+            "host": "https://api.cloudflare.com/client/v4",
+            "extra": '{"model": "@cf/mistral/mistral-7b-instruct-v0.2-lora", "lora": "my-finetune"}  — needs '
+            "pip install 'airflow-provider-cfai[common-ai]'",
+        },
+    },
+    "conn-fields": {
+        "model": {
+            "label": "Model",
+            "description": "Default Workers AI model, e.g. @cf/mistral/mistral-7b-instruct-v0.2-lora (the "
+            "finetune's base model); model_id= on a task overrides it. Needs the provider's common-ai extra: "
+            "pip install 'airflow-provider-cfai[common-ai]'.",
+            "schema": {"type": ["string", "null"]},
+        },
+        "lora": {
+            "label": "Finetune (LoRA)",
+            "description": "Default finetune ID or name applied to every request; empty for the base model.",
+            "schema": {"type": ["string", "null"]},
+        },
+    },
+}
+
+
 def get_provider_info() -> dict[str, Any]:
     """Describe the provider to Airflow's providers manager (entry point ``apache_airflow_provider``)."""
     return {
@@ -126,6 +159,12 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": _HOOK_CLASS,
                 "hook-name": "Cloudflare Workers AI",
                 **CONNECTION_FORM,
-            }
+            },
+            {
+                "connection-type": "pydanticai_cloudflare",
+                "hook-class-name": _PYDANTIC_AI_HOOK_CLASS,
+                "hook-name": "Pydantic AI (Cloudflare Workers AI)",
+                **PYDANTIC_AI_CONNECTION_FORM,
+            },
         ],
     }

@@ -31,7 +31,8 @@ ANCHORS = {
     "cloudflare SDK": "from cloudflare import Cloudflare",
 }
 # httpx and fsspec are not listed: airflow.sdk itself imports them, so every DAG file pays them already.
-HEAVY = ["requests", "requests_toolbelt", "fastapi", "uvicorn", "redis", "openlineage"]
+# pydantic_ai: the common-ai extra's connection type is declared as data; only its hook imports it.
+HEAVY = ["requests", "requests_toolbelt", "fastapi", "uvicorn", "redis", "openlineage", "pydantic_ai"]
 TARGET_MS = 5.0
 
 PROBE = """

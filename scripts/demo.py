@@ -23,6 +23,7 @@ DAGS = ("example_cloudflare_finetune", "example_lora_pipeline", "example_batch_e
 LOGICAL_DATE = "2026-01-05"
 CONSUMER = "example_finetune_asset_consumer"
 PROMOTE, ROLLBACK = "example_promote_finetune", "example_rollback_finetune"
+TICKET_CLASS = r"unusual_prefix_\w+_example_llm_ticket_triage\.Ticket"  # a DAG file's module name has a prefix
 
 
 @contextlib.contextmanager
@@ -95,6 +96,33 @@ def ship_it(db: Path, env: dict[str, str], emulator: object | None) -> list[str]
     return traffic
 
 
+def llm_triage(conn_json: str, db: Path, env: dict[str, str]) -> list[str]:
+    """Run the common-ai example (needs the common-ai extra, Python 3.11+) on connection support_bot."""
+    import importlib.util
+
+    if importlib.util.find_spec("airflow.providers.common.ai") is None:
+        print("Skipping example_llm_ticket_triage: the common-ai extra is not installed (Python 3.11+)")
+        return []
+    conn = json.loads(conn_json)
+    conn["conn_type"] = "pydanticai_cloudflare"
+    conn["extra"] = {
+        **conn.get("extra", {}),
+        "model": "@cf/mistral/mistral-7b-instruct-v0.2-lora",
+        "lora": "support-triage",
+    }
+    env = {
+        **env,
+        "AIRFLOW_CONN_SUPPORT_BOT": json.dumps(conn),
+        # `airflow dags test` reads the Ticket results back from XCom in this process: allow the class.
+        "AIRFLOW__CORE__ALLOWED_DESERIALIZATION_CLASSES_REGEXP": TICKET_CLASS,
+    }
+    airflow("dags", "test", "example_llm_ticket_triage", LOGICAL_DATE, env=env)
+    routed = xcom_return_value(db, "example_llm_ticket_triage", "route")
+    if not isinstance(routed, list) or len(routed) != 2:
+        raise SystemExit(f"Unexpected example_llm_ticket_triage result: {routed!r}")
+    return [str(line) for line in routed]
+
+
 def main() -> int:
     shutil.rmtree(HOME, ignore_errors=True)
     HOME.mkdir(parents=True)
@@ -118,6 +146,7 @@ def main() -> int:
         airflow("dags", "unpause", CONSUMER, env=env)
         for dag_id in DAGS:
             airflow("dags", "test", dag_id, LOGICAL_DATE, env=env)
+        triage = llm_triage(conn_json, db, env)
         finetune_id = xcom_return_value(db, "example_cloudflare_finetune", "create_finetune")
         pipeline_id = xcom_return_value(db, "example_lora_pipeline", "register_finetune")
         answer = xcom_return_value(db, "example_lora_pipeline", "smoke_test")
@@ -149,6 +178,8 @@ def main() -> int:
     print(f"Promote A, promote B, roll back (XCom of {ROLLBACK}.rollback: {rolled_back_from}):")
     for line in traffic:
         print(f"  {line}")
+    for line in triage:
+        print(f"@task.llm on the finetune (XCom of example_llm_ticket_triage.route): {line}")
     print(f"Smoke test answer (XCom of smoke_test): {answer}")
     print(f"Finetune ID of the LoRA pipeline (XCom of register_finetune): {pipeline_id}")
     print(f"Finetune ID in XCom (example_cloudflare_finetune.create_finetune): {finetune_id}")

@@ -6,12 +6,24 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["requests", "requests_toolbelt", "fastapi", "uvicorn", "httpx", "starlette", "tenacity", "fsspec"]
+HEAVY = [
+    "requests",
+    "requests_toolbelt",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "starlette",
+    "tenacity",
+    "fsspec",
+    "pydantic_ai",
+]
 
 PROBE = """
 import json, sys
 import airflow.sdk
 before = set(sys.modules)
+import airflow_provider_cfai
+airflow_provider_cfai.get_provider_info()  # declares pydanticai_cloudflare without importing its hook
 import airflow_provider_cfai.operators.finetune
 import airflow_provider_cfai.operators.inference
 import airflow_provider_cfai.operators.batch
@@ -50,3 +62,17 @@ def test_building_the_operators_loads_none_of_the_run_time_modules() -> None:
     assert "airflow_provider_cfai.operators.finetune" in loaded  # the probe really built them
     run_time = {"hooks", "adapters", "preflight", "lineage", "batch", "triggers"}
     assert {m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in run_time} == set()
+
+
+def test_provider_info_and_operator_modules_never_import_pydantic_ai() -> None:
+    """Airflow reads get_provider_info() while importing itself, so this looks at the whole process."""
+    probe = (
+        "import sys, airflow_provider_cfai; airflow_provider_cfai.get_provider_info(); import airflow.sdk; "
+        "import airflow_provider_cfai.operators.finetune, airflow_provider_cfai.operators.inference, "
+        "airflow_provider_cfai.operators.batch, airflow_provider_cfai.operators.promote, "
+        "airflow_provider_cfai.hooks.cloudflare_ai; "
+        "print('pydantic_ai' in sys.modules, 'airflow_provider_cfai.operators.batch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+
+    assert out.strip().splitlines()[-1] == "False True"

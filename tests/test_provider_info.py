@@ -22,6 +22,11 @@ def _import_path(dotted: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def _connection_type(info: dict[str, Any], conn_type: str) -> dict[str, Any]:
+    (conn,) = [c for c in info["connection-types"] if c["connection-type"] == conn_type]
+    return conn
+
+
 def test_provider_info_validates_against_airflows_own_schema() -> None:
     import airflow
     import jsonschema
@@ -45,7 +50,7 @@ def test_package_name_matches_the_distribution() -> None:
 def test_every_declared_class_and_module_imports() -> None:
     info = get_provider_info()
 
-    (conn,) = info["connection-types"]
+    conn = _connection_type(info, "cloudflare_ai")
     assert _import_path(conn["hook-class-name"]) is CloudflareAIHook
     assert conn["connection-type"] == CloudflareAIHook.conn_type
     for link in info["extra-links"]:
@@ -57,7 +62,7 @@ def test_every_declared_class_and_module_imports() -> None:
 
 
 def test_conn_fields_are_exactly_the_extras_the_hook_reads(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    (conn,) = get_provider_info()["connection-types"]
+    conn = _connection_type(get_provider_info(), "cloudflare_ai")
     declared = set(conn["conn-fields"])
     read: set[str] = set()
 
@@ -84,7 +89,7 @@ def test_ui_field_behaviour_hides_unused_fields_and_relabels() -> None:
 
 
 def test_api_key_is_a_password_field() -> None:
-    (conn,) = get_provider_info()["connection-types"]
+    conn = _connection_type(get_provider_info(), "cloudflare_ai")
 
     assert conn["conn-fields"]["api_key"]["schema"]["format"] == "password"
     assert conn["conn-fields"]["email"]["schema"].get("format") != "password"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cfai.emulator import models
+from airflow_provider_cfai.emulator import models, structured
 from airflow_provider_cfai.emulator.envelope import ApiError
 
 if TYPE_CHECKING:
@@ -38,6 +38,9 @@ def run_model(state: EmulatorState, model: str, body: dict[str, Any]) -> dict[st
             raise ApiError(400, 3038, f"Finetune {target.name} was created for model {target.model}, not {model}")
         label = f"{model} + {target.name}"
     response = f"[{label}] {prompt}"
+    if isinstance(body.get("messages"), list):
+        # A conversation that asks for JSON of a schema (prompted structured output) gets such JSON.
+        response = structured.json_answer(body["messages"], label, prompt) or response
     prompt_tokens, completion_tokens = len(prompt.split()), len(response.split())
     usage = {
         "prompt_tokens": prompt_tokens,

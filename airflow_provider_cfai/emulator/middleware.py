@@ -70,7 +70,10 @@ class EmulatorMiddleware:
         fault = self.state.take_fault(method, sub_path, body)
 
         def record(fault_name: str | None = None) -> None:
-            self.state.record_request(method=method, path=sub_path, route=route, status=status[0], fault=fault_name)
+            lora = scope.get("state", {}).get("lora")
+            self.state.record_request(
+                method=method, path=sub_path, route=route, status=status[0], fault=fault_name, lora=lora
+            )
 
         if fault is not None and fault.action in ("respond", "drop"):
             if fault.delay:

@@ -146,6 +146,9 @@ def build_api_router(state: EmulatorState, batches: BatchQueue) -> APIRouter:
         queued = batches.answer(state, model, request.query_params, await request.body())
         if queued is not None:
             return json_response(success_body(queued))
-        return json_response(success_body(run_model(state, model, await _json_object(request))))
+        body = await _json_object(request)
+        if isinstance(body.get("lora"), str):
+            request.state.lora = body["lora"]  # the request log shows which finetune a run asked for
+        return json_response(success_body(run_model(state, model, body)))
 
     return router

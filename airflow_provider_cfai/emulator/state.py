@@ -266,20 +266,28 @@ class EmulatorState:
             return decision
 
     def record_request(
-        self, *, method: str, path: str, route: str | None, status: int | None, fault: str | None
+        self,
+        *,
+        method: str,
+        path: str,
+        route: str | None,
+        status: int | None,
+        fault: str | None,
+        lora: str | None = None,
     ) -> None:
         with self._lock:
             self._counters[f"{method} {route or path}"] += 1
-            self._log.append(
-                {
-                    "method": method,
-                    "path": path,
-                    "route": route,
-                    "status": status,
-                    "fault": fault,
-                    "time": time.time(),
-                }
-            )
+            entry = {
+                "method": method,
+                "path": path,
+                "route": route,
+                "status": status,
+                "fault": fault,
+                "time": time.time(),
+            }
+            if lora is not None:
+                entry["lora"] = lora  # an /ai/run body's finetune, as the client sent it
+            self._log.append(entry)
 
     # -- control API -----------------------------------------------------------------------------
 
