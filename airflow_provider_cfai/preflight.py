@@ -42,25 +42,15 @@ def check_model(
 
     The family is checked from the model's name even when the catalog cannot be read.
     """
-    entry: dict[str, Any] | None = None
-    try:
-        entry = hook.get_model(model, account_id=account_id)
-        if entry is None:
-            # The cached catalog may be minutes old: ask about this one model before refusing it.
-            entry = _catalog.find(hook.list_models(search=model, account_id=account_id), model)
-    except CloudflareAPIError as error:
-        log.warning("Could not read the Workers AI model catalog, so %s is not checked: %s", model, error)
-    else:
-        if entry is None or not _catalog.accepts_lora(entry):
-            problem = (
-                "is not in this account's Workers AI catalog" if entry is None else "does not accept LoRA adapters"
-            )
-            lora_models = _lora_models(hook, account_id)
-            raise PreflightCheckError(
-                f"Model {model!r} {problem}{_did_you_mean(model, lora_models) if entry is None else ''}, so a "
-                "finetune on it could never serve (and finetunes cannot be deleted). Set model to a LoRA-capable "
-                f"base model: {_names(lora_models)}."
-            )
+    catalog_read, entry = _catalog_entry(hook, model, account_id, log)
+    if catalog_read and (entry is None or not _catalog.accepts_lora(entry)):
+        problem = "is not in this account's Workers AI catalog" if entry is None else "does not accept LoRA adapters"
+        lora_models = _lora_models(hook, account_id)
+        raise PreflightCheckError(
+            f"Model {model!r} {problem}{_did_you_mean(model, lora_models) if entry is None else ''}, so a "
+            "finetune on it could never serve (and finetunes cannot be deleted). Set model to a LoRA-capable "
+            f"base model: {_names(lora_models)}."
+        )
     if adapter is not None:
         _check_family(hook, model, entry, adapter.model_type, account_id, log)
 
@@ -77,16 +67,7 @@ def check_batch(
     of it in the account, so a typo fails once instead of once per item. Returns the model's catalog
     entry, or ``None`` when the catalog could not be read (a warning, not a failure).
     """
-    entry: dict[str, Any] | None = None
-    try:
-        entry = hook.get_model(model, account_id=account_id)
-        if entry is None:
-            entry = _catalog.find(hook.list_models(search=model, account_id=account_id), model)
-    except CloudflareAPIError as error:
-        log.warning("Could not read the Workers AI model catalog, so %s is not checked: %s", model, error)
-        catalog_read = False
-    else:
-        catalog_read = True
+    catalog_read, entry = _catalog_entry(hook, model, account_id, log)
     if catalog_read and entry is None:
         models = _cached_models(hook, account_id)
         raise PreflightCheckError(
@@ -96,6 +77,21 @@ def check_batch(
     if lora is not None:
         _check_batch_lora(hook, model, lora, account_id, log)
     return entry
+
+
+def _catalog_entry(
+    hook: CloudflareAIHook, model: str, account_id: str | None, log: TaskLog
+) -> tuple[bool, dict[str, Any] | None]:
+    """Whether the catalog could be read, and ``model``'s entry in it (``None``: not there)."""
+    try:
+        entry = hook.get_model(model, account_id=account_id)
+        if entry is None:
+            # The cached catalog may be minutes old: ask about this one model before refusing it.
+            entry = _catalog.find(hook.list_models(search=model, account_id=account_id), model)
+    except CloudflareAPIError as error:
+        log.warning("Could not read the Workers AI model catalog, so %s is not checked: %s", model, error)
+        return False, None
+    return True, entry
 
 
 def _check_batch_lora(hook: CloudflareAIHook, model: str, lora: str, account_id: str | None, log: TaskLog) -> None:
