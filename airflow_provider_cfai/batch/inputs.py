@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ class InputsSummary:
     sha256: str
 
 
-def iter_inputs(path: str, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_inputs(path: str, start: int = 0) -> Generator[tuple[int, dict[str, Any]], None, None]:
     """Stream ``(index, item)`` from a JSONL file, from item ``start`` on: item ``index`` is line ``index + 1``.
 
     :param path: a local path or an fsspec URL (an ``ObjectStoragePath`` in its string form).

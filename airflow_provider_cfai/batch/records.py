@@ -151,11 +151,16 @@ class OutputTally:
             return
         self.succeeded += 1
         result = record.get("result")
-        usage = result.get("usage") if isinstance(result, Mapping) else None
-        if isinstance(usage, Mapping):
-            self.prompt_tokens += _tokens(usage.get("prompt_tokens"))
-            self.completion_tokens += _tokens(usage.get("completion_tokens"))
-            self.total_tokens += _tokens(usage.get("total_tokens"))
+        self.add_usage(result.get("usage") if isinstance(result, Mapping) else None)
+
+    def add_usage(self, usage: Any) -> bool:
+        """Add a model's ``usage`` object; ``False`` when it is not one (nothing added)."""
+        if not isinstance(usage, Mapping):
+            return False
+        self.prompt_tokens += _tokens(usage.get("prompt_tokens"))
+        self.completion_tokens += _tokens(usage.get("completion_tokens"))
+        self.total_tokens += _tokens(usage.get("total_tokens"))
+        return True
 
     @property
     def written(self) -> int:

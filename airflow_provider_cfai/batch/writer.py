@@ -13,7 +13,7 @@ from airflow_provider_cfai.batch import _files
 from airflow_provider_cfai.batch.records import OutputTally, is_transient, parse_record, read_prefix, record_line
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator
 
 __all__ = ["OrderedResultWriter"]
 
@@ -140,7 +140,7 @@ class OrderedResultWriter:
                 finally:
                     os.unlink(self._spool)
 
-    def carried(self) -> Iterator[dict[str, Any]]:
+    def carried(self) -> Generator[dict[str, Any], None, None]:
         """The records ``output`` held after its first transient failure, in order, from that one on.
 
         The writer cut ``output`` there on opening (:attr:`start_index` is that record's index): a
