@@ -69,7 +69,7 @@ async def run_engine(
     lora: str | None,
     inputs_path: str,
     output: str,
-    request_ids: Sequence[str] = (),
+    request_ids: Sequence[str] | None = None,
     chunk_sizes: Sequence[int] | None = None,
     concurrency: int = 8,
     poll_interval: float = 5.0,
@@ -80,7 +80,7 @@ async def run_engine(
         return await collect_queue(
             client,
             model=model,
-            request_ids=request_ids,
+            request_ids=request_ids or (),
             output=output,
             poll_interval=poll_interval,
             deadline=deadline,

@@ -96,13 +96,17 @@ def open_batch(
     ledger = load_ledger(output, fingerprint, state_store=state_store)
     if ledger is None:
         if _files.exists(output):
-            log.warning("%s holds results of another batch (other inputs or settings); replacing them", _shown(output))
+            log.warning(
+                "%s holds results of another batch (other inputs or settings); replacing them", _files.describe(output)
+            )
             _files.remove(output)
         ledger = Ledger(fingerprint, location)
         save_ledger(ledger, output, state_store=state_store)
     done = scan_output(output)
     if done.written and done.written < summary.count:
-        log.info("Resuming after %d of %d result(s) already in %s", done.written, summary.count, _shown(output))
+        log.info(
+            "Resuming after %d of %d result(s) already in %s", done.written, summary.count, _files.describe(output)
+        )
     return Batch(model, lora, output, engine, summary.count, ledger, done, state_store)
 
 
@@ -211,7 +215,7 @@ def outcome(
     log: Logger,
 ) -> BatchManifest:
     """Return the manifest, or raise for a timeout or too many failed items (after ``on_failure``)."""
-    where = _shown(str(manifest["output"]))
+    where = _files.describe(str(manifest["output"]))
     done = manifest["succeeded"] + manifest["failed"]
     if manifest["status"] == "timeout":
         on_failure(manifest)
@@ -250,7 +254,3 @@ def outcome(
 def _codes(manifest: BatchManifest) -> str:
     counts = manifest.get("error_codes") or {}
     return ", ".join(f"{code} ({count}x)" for code, count in counts.items()) or "none"
-
-
-def _shown(location: str) -> str:
-    return _files.describe(location)

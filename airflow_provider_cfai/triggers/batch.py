@@ -116,23 +116,13 @@ class WorkersAIBatchTrigger(BaseTrigger):
         from airflow_provider_cfai.batch.engines import run_engine
         from airflow_provider_cfai.hooks.cloudflare_ai_async import CloudflareAIAsyncHook
 
-        connections = max(self.concurrency, 1)
+        # The trigger's kwargs are the engine's, plus the connection to call through.
+        kwargs = self.serialize()[1]
+        conn_id, account_id = kwargs.pop("cloudflare_conn_id"), kwargs.pop("account_id")
         async with CloudflareAIAsyncHook(
-            self.cloudflare_conn_id, account_id=self.account_id, max_connections=connections, logger=self.log
+            conn_id, account_id=account_id, max_connections=self.concurrency, logger=self.log
         ) as client:
-            return await run_engine(
-                client,
-                engine=self.engine,
-                model=self.model,
-                lora=self.lora,
-                inputs_path=self.inputs_path,
-                output=self.output,
-                request_ids=self.request_ids or [],
-                chunk_sizes=self.chunk_sizes,
-                concurrency=self.concurrency,
-                poll_interval=self.poll_interval,
-                deadline=self.deadline,
-            )
+            return await run_engine(client, **kwargs)
 
 
 def _event(payload: dict[str, Any]) -> TriggerEvent:
