@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -57,9 +58,6 @@ class OrderedResultWriter:
         self._pending: dict[int, dict[str, Any]] = {}
         self._carry: str | None = None
 
-    def __repr__(self) -> str:
-        return f"OrderedResultWriter({_files.describe(self.output)!r}, written={self._next})"
-
     @property
     def start_index(self) -> int:
         """How many records ``output`` already held when opened: the first index still to do."""
@@ -78,15 +76,24 @@ class OrderedResultWriter:
         with self._lock:
             if self._opened:
                 return
-            if self._local is not None:
-                os.makedirs(os.path.dirname(self._local), exist_ok=True)
-                self._start = self._keep_local_prefix(self._local)
-                self._handle = open(self._local, "ab")  # noqa: SIM115 - held until close_sync()
-            else:
+            spool = None
+            if self._local is None:
                 fd, self._spool = tempfile.mkstemp(prefix="cfai-batch-", suffix=".jsonl")
-                self._handle = os.fdopen(fd, "wb")
-                self._start = self._copy_remote_prefix(self._handle)
-                self._handle.flush()
+                spool = os.fdopen(fd, "wb")  # seeded with the remote's complete prefix
+            keep = 0
+            with contextlib.suppress(FileNotFoundError), _files.open_read(self.output) as source:
+                self._start, keep = self._scan_prefix(source, spool)
+            if spool is not None:
+                spool.flush()
+                self._handle = spool
+            elif self._local is not None:  # always, without a spool
+                size = os.path.getsize(self._local) if os.path.exists(self._local) else 0
+                if keep < size:
+                    if self._carry is None:
+                        log.warning("Cutting %d byte(s) of incomplete output from %s", size - keep, self._local)
+                    os.truncate(self._local, keep)
+                os.makedirs(os.path.dirname(self._local), exist_ok=True)
+                self._handle = open(self._local, "ab")  # noqa: SIM115 - held until close_sync()
             self._next = self._start
             self._opened = True
         if self._start:
@@ -97,7 +104,7 @@ class OrderedResultWriter:
         self.open_sync()
         with self._lock:
             if self._closed or self._handle is None:
-                raise RuntimeError(f"{self!r} is closed")
+                raise RuntimeError(f"the writer of {_files.describe(self.output)} is closed")
             if record.get("index") != index:
                 raise ValueError(f"record for item {index} carries index {record.get('index')!r}")
             if index < self._next or index in self._pending:
@@ -204,34 +211,6 @@ class OrderedResultWriter:
 
     # -- resume -----------------------------------------------------------------------------------
 
-    def _keep_local_prefix(self, path: str) -> int:
-        try:
-            with open(path, "rb") as handle:
-                count, keep = self._scan_prefix(handle, None)
-                size = os.fstat(handle.fileno()).st_size
-        except FileNotFoundError:
-            return 0
-        if keep < size:
-            if self._carry is None:
-                log.warning("Cutting %d byte(s) of incomplete output from %s", size - keep, path)
-            os.truncate(path, keep)
-        return count
-
-    def _copy_remote_prefix(self, spool: IO[bytes]) -> int:
-        try:
-            with _files.open_read(self.output) as remote:
-                return self._scan_prefix(remote, spool)[0]
-        except FileNotFoundError:
-            return 0
-
-    def _keep_carried(self, first: bytes, rest: IO[bytes]) -> None:
-        self._carry = _keep_carried_into(first, rest)
-        log.info(
-            "%s: item %d failed for a passing reason last time; sending it and the other such items again",
-            _files.describe(self.output),
-            self.tally.written,
-        )
-
     def _scan_prefix(self, source: IO[bytes], copy_to: IO[bytes] | None) -> tuple[int, int]:
         """Count leading lines that are complete records 0, 1, 2, …; return (count, their bytes)."""
 
@@ -243,18 +222,17 @@ class OrderedResultWriter:
         count, kept, stop = read_prefix(source, keep)
         record = parse_record(stop) if stop is not None and stop.endswith(b"\n") else None
         if record is not None and record.get("index") == count and is_transient(record):
-            self._keep_carried(stop, source)  # type: ignore[arg-type]
+            fd, self._carry = tempfile.mkstemp(prefix="cfai-batch-carry-", suffix=".jsonl")
+            with os.fdopen(fd, "wb") as carry:
+                carry.write(stop)  # type: ignore[arg-type]
+                carry.writelines(source)
+            log.info(
+                "%s: item %d failed for a passing reason last time; sending it and the other such items again",
+                _files.describe(self.output),
+                count,
+            )
         elif record is not None:
             log.warning(
                 "Output line %d holds item %r, not %d; rewriting from there", count + 1, record.get("index"), count
             )
         return count, kept
-
-
-def _keep_carried_into(first: bytes, rest: IO[bytes]) -> str:
-    fd, carry = tempfile.mkstemp(prefix="cfai-batch-carry-", suffix=".jsonl")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(first)
-        for raw in rest:
-            handle.write(raw)
-    return carry
