@@ -160,16 +160,14 @@ def finished_manifest(batch: Batch) -> BatchManifest:
 
 
 def run_engine(
-    batch: Batch,
     settings: Any,
     *,
     account_id: str | None,
-    concurrency: int,
-    poll_interval: float,
-    deadline: float | None,
-    on_start: Callable[[Callable[[], object]], None] | None = None,
+    on_start: Callable[[Callable[[], object]], None],
+    **engine_kwargs: Any,
 ) -> BatchManifest:
-    """Run the batch's engine here, in the worker (``deferrable=False``), as the trigger would.
+    """Run :func:`~airflow_provider_cfai.batch.engines.run_engine` here, in the worker
+    (``deferrable=False``), with the trigger's ``engine_kwargs``.
 
     :param on_start: called with a function that cancels the run from another thread (``on_kill``):
         the engine stops and closes its output, keeping what it wrote.
@@ -182,25 +180,10 @@ def run_engine(
 
     async def run() -> BatchManifest:
         async with CloudflareAIAsyncHook(
-            settings=settings, account_id=account_id, max_connections=concurrency
+            settings=settings, account_id=account_id, max_connections=engine_kwargs["concurrency"]
         ) as client:
-            work = asyncio.ensure_future(
-                engines.run_engine(
-                    client,
-                    engine=batch.engine,
-                    model=batch.model,
-                    lora=batch.lora,
-                    inputs_path=batch.ledger.inputs,
-                    output=batch.output,
-                    request_ids=batch.ledger.request_ids,
-                    chunk_sizes=batch.ledger.chunk_sizes or None,
-                    concurrency=concurrency,
-                    poll_interval=poll_interval,
-                    deadline=deadline,
-                )
-            )
-            if on_start is not None:
-                on_start(functools.partial(asyncio.get_running_loop().call_soon_threadsafe, work.cancel))
+            work = asyncio.ensure_future(engines.run_engine(client, **engine_kwargs))
+            on_start(functools.partial(asyncio.get_running_loop().call_soon_threadsafe, work.cancel))
             return await work
 
     return asyncio.run(run())

@@ -145,23 +145,24 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
             context["ti"].xcom_push(key=REQUEST_IDS_KEY, value=list(batch.ledger.request_ids))
 
         deadline = self._deadline(context)
-        concurrency, poll_interval = self.concurrency, self.poll_interval
+        # What the engine needs, in the trigger's terms: the worker runs the same engine with it.
+        engine_kwargs: dict[str, Any] = {
+            "engine": batch.engine,
+            "model": batch.model,
+            "inputs_path": batch.ledger.inputs,
+            "output": output,
+            "lora": batch.lora,
+            "request_ids": list(batch.ledger.request_ids) or None,
+            "chunk_sizes": list(batch.ledger.chunk_sizes) or None,
+            "concurrency": self.concurrency,
+            "poll_interval": self.poll_interval,
+            "deadline": deadline,
+        }
         if self.deferrable:
             from airflow_provider_cfai.triggers.batch import WorkersAIBatchTrigger
 
             trigger = WorkersAIBatchTrigger(
-                cloudflare_conn_id=self.cloudflare_conn_id,
-                engine=batch.engine,
-                model=batch.model,
-                inputs_path=batch.ledger.inputs,
-                output=output,
-                lora=batch.lora,
-                request_ids=list(batch.ledger.request_ids) or None,
-                chunk_sizes=list(batch.ledger.chunk_sizes) or None,
-                account_id=self.account_id,
-                concurrency=concurrency,
-                poll_interval=poll_interval,
-                deadline=deadline,
+                cloudflare_conn_id=self.cloudflare_conn_id, account_id=self.account_id, **engine_kwargs
             )
             # The trigger stops at the deadline itself; the triggerer's timeout is only a backstop.
             timeout = None if deadline is None else timedelta(seconds=max(0.0, deadline - time.time()) + _GRACE)
@@ -170,15 +171,9 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
         if deadline is not None:
             # Airflow's own execution_timeout alarm fires at the deadline: stop a little before it,
             # so the timeout is reported as one, with the output closed.
-            deadline -= min(30.0, 0.1 * self.execution_timeout.total_seconds())  # type: ignore[union-attr]
+            engine_kwargs["deadline"] -= min(30.0, 0.1 * self.execution_timeout.total_seconds())  # type: ignore[union-attr]
         manifest = worker.run_engine(
-            batch,
-            self.hook.settings,
-            account_id=self.account_id,
-            concurrency=concurrency,
-            poll_interval=poll_interval,
-            deadline=deadline,
-            on_start=self._set_cancel,
+            self.hook.settings, account_id=self.account_id, on_start=self._set_cancel, **engine_kwargs
         )
         return self._finish(context, manifest)
 
