@@ -109,17 +109,12 @@ def plan_chunks(items: Iterable[Mapping[str, Any]], max_bytes: int = DEFAULT_MAX
 
     :raises CloudflareInputError: an item alone is over the limit (it names the item).
     """
-    if max_bytes < 1:
-        raise CloudflareInputError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}")
     overhead = len(json.dumps({"requests": []}))
     chunks: list[list[dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
     size = overhead
     for position, item in enumerate(items):
-        try:
-            item_size = len(json.dumps(item))
-        except (TypeError, ValueError) as exc:
-            raise CloudflareInputError(f"inputs[{position}]: not JSON-serializable ({exc})") from None
+        item_size = len(json.dumps(item))  # parsed from JSON lines: always serializable
         if overhead + item_size > max_bytes:
             raise CloudflareInputError(
                 f"inputs[{position}] is {item_size:,} bytes as JSON; one Batch API submission takes at most "
@@ -261,8 +256,6 @@ async def collect_queue(
         raise CloudflareInputError(
             f"chunk_sizes has {len(chunk_sizes)} entries for {len(request_ids)} request IDs; give one size per chunk"
         )
-    if poll_interval <= 0:
-        raise CloudflareInputError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
     offset = 0
     usage = OutputTally()  # Cloudflare reports usage per chunk, not (documented) per item
     usage_complete = True
@@ -270,13 +263,20 @@ async def collect_queue(
     async def collect(writer: OrderedResultWriter, start: int) -> None:
         nonlocal offset, usage_complete
         for chunk, request_id in enumerate(request_ids):
-            done = await _wait_for_responses(client, model, request_id, poll_interval, sleep)
+            last = None
+            while not isinstance((done := await client.poll_batch(model, request_id)).get("responses"), list):
+                status = done.get("status")
+                if status not in _PENDING:
+                    detail = f"batch {request_id} answered status {status!r} without responses"
+                    raise CloudflarePermanentAPIError("POST", client.run_path(model), 200, detail=detail)
+                if status != last:
+                    log.info("Batch %s is %s", request_id, status)
+                    last = status
+                await sleep(poll_interval)
             size = chunk_sizes[chunk] if chunk_sizes is not None else None
             records, count = _chunk_records(done["responses"], offset, size, request_id)
             usage_complete &= usage.add_usage(done.get("usage"))
-            fresh = [record for record in records if record["index"] >= start]
-            if fresh:
-                await asyncio.to_thread(_add_all, writer, fresh)
+            await asyncio.to_thread(_add_all, writer, [record for record in records if record["index"] >= start])
             offset += count
             log.info("Batch %s: %d response(s) collected", request_id, count)
 
@@ -298,32 +298,6 @@ async def collect_queue(
     if finished and usage_complete:
         manifest["usage"] = usage.usage
     return manifest
-
-
-async def _wait_for_responses(
-    client: CloudflareAIAsyncHook,
-    model: str,
-    request_id: str,
-    poll_interval: float,
-    sleep: Callable[[float], Awaitable[None]],
-) -> dict[str, Any]:
-    last = None
-    while True:
-        result = await client.poll_batch(model, request_id)
-        if isinstance(result.get("responses"), list):
-            return result
-        status = result.get("status")
-        if status not in _PENDING:
-            raise CloudflarePermanentAPIError(
-                "POST",
-                client.run_path(model),
-                200,
-                detail=f"batch {request_id} answered status {status!r} without responses",
-            )
-        if status != last:
-            log.info("Batch %s is %s", request_id, status)
-            last = status
-        await sleep(poll_interval)
 
 
 def _chunk_records(
@@ -363,16 +337,8 @@ def _item_error(response: Mapping[str, Any]) -> tuple[list[int], str]:
     """Codes and message of a failed Batch API item, whatever shape Cloudflare gives it (undocumented)."""
     raw = response.get("errors", response.get("error"))
     items = raw if isinstance(raw, list) else [raw] if raw is not None else []
-    codes: list[int] = []
-    messages: list[str] = []
-    for item in items:
-        if isinstance(item, Mapping):
-            code = item.get("code")
-            if isinstance(code, int) and not isinstance(code, bool):
-                codes.append(code)
-            messages.append(format_errors([item]))
-        else:
-            messages.append(str(item))
+    codes = [item["code"] for item in items if isinstance(item, Mapping) and type(item.get("code")) is int]
+    messages = [format_errors([item]) if isinstance(item, Mapping) else str(item) for item in items]
     message = "; ".join(m for m in messages if m) or "the Batch API reported this item as failed"
     return codes, message
 
