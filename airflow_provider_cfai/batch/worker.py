@@ -47,10 +47,6 @@ class Batch:
     done: OutputTally
     state_store: Any = None
 
-    @property
-    def complete(self) -> bool:
-        return self.done.written >= self.total
-
 
 def open_batch(
     *,
@@ -190,18 +186,12 @@ def run_engine(
 
 
 def outcome(
-    manifest: BatchManifest,
-    *,
-    max_failure_ratio: float,
-    execution_timeout: timedelta | None,
-    on_failure: Callable[[BatchManifest], None],
-    log: Logger,
+    manifest: BatchManifest, *, max_failure_ratio: float, execution_timeout: timedelta | None, log: Logger
 ) -> BatchManifest:
-    """Return the manifest, or raise for a timeout or too many failed items (after ``on_failure``)."""
+    """Return the manifest, or raise for a timeout, items a retry sends again, or too many failed items."""
     where = _files.describe(str(manifest["output"]))
     done = manifest["succeeded"] + manifest["failed"]
     if manifest["status"] == "timeout":
-        on_failure(manifest)
         raise BatchTimeoutError(
             f"The batch reached execution_timeout ({execution_timeout}) with {done} of {manifest['total']} "
             f"result(s) written to {where}; a retry resumes from there."
@@ -216,24 +206,18 @@ def outcome(
         manifest["usage"]["total_tokens"],
         where,
     )
+    codes = ", ".join(f"{code} ({count}x)" for code, count in (manifest.get("error_codes") or {}).items()) or "none"
     transient = manifest.get("transient_failures", 0)
     if transient:
-        on_failure(manifest)
         raise CloudflareAIError(
             f"{transient} of {manifest['total']} item(s) failed for a reason that may pass (a 5xx or a timeout "
-            f"after the retries; codes: {_codes(manifest)}); a retry of this task sends exactly those items "
+            f"after the retries; codes: {codes}); a retry of this task sends exactly those items "
             f"again, keeping the other results in {where}."
         )
     if ratio > max_failure_ratio:
-        on_failure(manifest)
         raise BatchFailureRatioError(
             f"{manifest['failed']} of {done} item(s) failed (ratio {ratio:.3f}), above "
-            f"max_failure_ratio={max_failure_ratio}; most common Cloudflare error codes: {_codes(manifest)}. "
+            f"max_failure_ratio={max_failure_ratio}; most common Cloudflare error codes: {codes}. "
             f"Every result, failed ones with their error, is in {where}."
         )
     return manifest
-
-
-def _codes(manifest: BatchManifest) -> str:
-    counts = manifest.get("error_codes") or {}
-    return ", ".join(f"{code} ({count}x)" for code, count in counts.items()) or "none"

@@ -137,7 +137,7 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
             state_store=context.get("task_state_store"),  # Airflow 3.3+
             log=self.log,
         )
-        if batch.complete:
+        if batch.done.written >= batch.total:
             self.log.info("%s already holds all %d result(s) of this batch; nothing to run", output, batch.total)
             return self._finish(context, worker.finished_manifest(batch))
         if batch.engine == "queue":
@@ -226,16 +226,16 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
     def _finish(self, context: Context, manifest: BatchManifest) -> BatchManifest:
         from airflow_provider_cfai.batch import worker
 
-        def keep_manifest(failed: BatchManifest) -> None:
-            context["ti"].xcom_push(key=MANIFEST_KEY, value=failed)
-
-        return worker.outcome(
-            manifest,
-            max_failure_ratio=self.max_failure_ratio,
-            execution_timeout=self.execution_timeout,
-            on_failure=keep_manifest,
-            log=self.log,
-        )
+        try:
+            return worker.outcome(
+                manifest,
+                max_failure_ratio=self.max_failure_ratio,
+                execution_timeout=self.execution_timeout,
+                log=self.log,
+            )
+        except CloudflareAIError:
+            context["ti"].xcom_push(key=MANIFEST_KEY, value=manifest)  # why it failed, for a look or a retry
+            raise
 
 
 # -- argument checks --------------------------------------------------------------------------------------
