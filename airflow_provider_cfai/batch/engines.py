@@ -65,37 +65,23 @@ async def run_engine(
     client: CloudflareAIAsyncHook,
     *,
     engine: str,
-    model: str,
-    lora: str | None,
     inputs_path: str,
-    output: str,
     request_ids: Sequence[str] | None = None,
     chunk_sizes: Sequence[int] | None = None,
     concurrency: int = 8,
     poll_interval: float = 5.0,
-    deadline: float | None = None,
+    **common: Any,
 ) -> BatchManifest:
-    """Run one of :data:`~airflow_provider_cfai.batch.ENGINES`: the worker and the trigger both call this."""
+    """Run one of :data:`~airflow_provider_cfai.batch.ENGINES`: the worker and the trigger both call this.
+
+    ``common`` holds what both engines take: ``model``, ``lora``, ``output`` and ``deadline``.
+    """
     if engine == "queue":
+        ids = request_ids or ()
         return await collect_queue(
-            client,
-            model=model,
-            request_ids=request_ids or (),
-            output=output,
-            poll_interval=poll_interval,
-            deadline=deadline,
-            chunk_sizes=chunk_sizes,
-            lora=lora,
+            client, request_ids=ids, chunk_sizes=chunk_sizes, poll_interval=poll_interval, **common
         )
-    return await run_direct(
-        client,
-        model=model,
-        lora=lora,
-        inputs_path=inputs_path,
-        output=output,
-        concurrency=concurrency,
-        deadline=deadline,
-    )
+    return await run_direct(client, inputs_path=inputs_path, concurrency=concurrency, **common)
 
 
 # -- queue: chunking --------------------------------------------------------------------------------

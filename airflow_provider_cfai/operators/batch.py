@@ -114,7 +114,9 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
         check_choice("engine", engine, ENGINES)
         self.engine = engine
         self.max_failure_ratio = _number("max_failure_ratio", max_failure_ratio, high=1.0)
-        self.concurrency = _whole("concurrency", concurrency)
+        self.concurrency = whole_number(concurrency, minimum=1)
+        if self.concurrency is None:
+            raise CloudflareInputError(f"concurrency must be a whole number of at least 1, got {concurrency!r}")
         self.poll_interval = _number("poll_interval", poll_interval, high=None, open_low=True)
         self._cancel: Callable[[], object] | None = None
         self._check(rendered=False)
@@ -304,14 +306,6 @@ def _number(field: str, value: Any, *, high: float | None, open_low: bool = Fals
     if number != number or too_low or (high is not None and number > high):
         bounds = f"from 0.0 to {high}" if high is not None else "greater than 0"
         raise CloudflareInputError(f"{field} must be a number {bounds}, got {value!r}")
-    return number
-
-
-def _whole(field: str, value: Any) -> int:
-    """A whole number of at least 1, from a value or a rendered string."""
-    number = whole_number(value, minimum=1)
-    if number is None:
-        raise CloudflareInputError(f"{field} must be a whole number of at least 1, got {value!r}")
     return number
 
 
