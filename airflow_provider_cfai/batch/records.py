@@ -94,7 +94,7 @@ def read_prefix(source: IO[bytes], keep: Callable[[bytes, dict[str, Any]], None]
     """
     count = kept = 0
     for raw in source:
-        record = parse_record(raw) if raw.endswith(b"\n") else None
+        record = parse_record(raw)
         if record is None or record.get("index") != count or is_transient(record):
             return count, kept, raw
         keep(raw, record)
@@ -109,7 +109,9 @@ def record_line(record: Mapping[str, Any]) -> bytes:
 
 
 def parse_record(raw: bytes) -> dict[str, Any] | None:
-    """The record on a line, or ``None`` if the line is not one."""
+    """The record on a complete line, or ``None`` if the line is torn or not a record."""
+    if not raw.endswith(b"\n"):
+        return None
     try:
         record = json.loads(raw)
     except ValueError:

@@ -38,8 +38,8 @@ class OrderedResultWriter:
     the writer and so uploads what it wrote; a process that is killed outright loses its spool, and
     the next run resumes from what the last closed run uploaded.
 
-    Async code uses :meth:`open`, :meth:`add` and :meth:`close` (file I/O runs in a thread, off the
-    event loop); sync code uses :meth:`open_sync`, :meth:`add_sync` and :meth:`close_sync`.
+    Async code uses ``async with`` and :meth:`add` (file I/O runs in a thread, off the event loop);
+    sync code uses ``with`` and :meth:`add_sync`.
 
     :param output: a local path or an fsspec URL (an ``ObjectStoragePath`` in its string form).
     """
@@ -130,10 +130,7 @@ class OrderedResultWriter:
             self._closed = True
             if self._pending:
                 log.warning(
-                    "%d record(s) after item %d were not written (item %d never completed)",
-                    len(self._pending),
-                    self._next,
-                    self._next,
+                    "%d record(s) after item %d were not written (it never completed)", len(self._pending), self._next
                 )
                 self._pending.clear()
             assert self._handle is not None
@@ -159,7 +156,7 @@ class OrderedResultWriter:
             return
         with open(self._carry, "rb") as handle:
             for raw in handle:
-                record = parse_record(raw) if raw.endswith(b"\n") else None
+                record = parse_record(raw)
                 if record is None:
                     return
                 yield record
@@ -173,7 +170,7 @@ class OrderedResultWriter:
         try:
             with open(carry, "rb") as handle:
                 for raw in handle:
-                    record = parse_record(raw) if raw.endswith(b"\n") else None
+                    record = parse_record(raw)
                     if record is None or not isinstance(record.get("index"), int) or record["index"] < self._next:
                         continue
                     if record["index"] != self._next:
@@ -193,21 +190,15 @@ class OrderedResultWriter:
 
     # -- async ------------------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        await asyncio.to_thread(self.open_sync)
-
     async def add(self, index: int, record: dict[str, Any]) -> None:
         await asyncio.to_thread(self.add_sync, index, record)
 
-    async def close(self) -> None:
-        await asyncio.to_thread(self.close_sync)
-
     async def __aenter__(self) -> OrderedResultWriter:
-        await self.open()
+        await asyncio.to_thread(self.open_sync)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await asyncio.to_thread(self.close_sync)
 
     # -- resume -----------------------------------------------------------------------------------
 
@@ -220,7 +211,7 @@ class OrderedResultWriter:
                 copy_to.write(raw)
 
         count, kept, stop = read_prefix(source, keep)
-        record = parse_record(stop) if stop is not None and stop.endswith(b"\n") else None
+        record = parse_record(stop) if stop is not None else None
         if record is not None and record.get("index") == count and is_transient(record):
             fd, self._carry = tempfile.mkstemp(prefix="cfai-batch-carry-", suffix=".jsonl")
             with os.fdopen(fd, "wb") as carry:
