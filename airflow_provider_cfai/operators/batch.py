@@ -10,11 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cfai._numbers import whole_number
 from airflow_provider_cfai.batch import ENGINES as BATCH_ENGINES
-from airflow_provider_cfai.exceptions import (
-    AirflowFailException,
-    CloudflareAIError,
-    CloudflareInputError,
-)
+from airflow_provider_cfai.exceptions import AirflowFailException, CloudflareAIError, CloudflareInputError
 from airflow_provider_cfai.operators._common import (
     CloudflareAIBaseOperator,
     as_bool,

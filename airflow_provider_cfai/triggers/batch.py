@@ -91,17 +91,15 @@ class WorkersAIBatchTrigger(BaseTrigger):
 
         try:
             manifest = await self._run_engine()
-        except CloudflareAIError as error:
-            self.log.error("Batch on %s stopped: %s", self.model, error)
-            # "permanent": a retry of the task would meet the same error (bad input, credentials, 4xx).
-            permanent = isinstance(error, AirflowFailException)
-            yield _event({"status": "error", "manifest": None, "message": str(error), "permanent": permanent})
-            return
         except Exception as error:
-            # Anything else still ends in one event, so the task fails with a message, not a hang.
-            self.log.exception("Batch on %s failed", self.model)
-            message = f"{type(error).__name__}: {error}"
-            yield _event({"status": "error", "manifest": None, "message": message, "permanent": False})
+            # Anything ends in one event, so the task fails with a message, not a hang; the
+            # provider's own errors need no traceback.
+            known = isinstance(error, CloudflareAIError)
+            self.log.error("Batch on %s stopped: %s", self.model, error, exc_info=not known)
+            message = str(error) if known else f"{type(error).__name__}: {error}"
+            # "permanent": a retry of the task would meet the same error (bad input, credentials, 4xx).
+            permanent = known and isinstance(error, AirflowFailException)
+            yield _event({"status": "error", "manifest": None, "message": message, "permanent": permanent})
             return
         status = manifest["status"]
         message = (
