@@ -15,8 +15,7 @@ lockout, no answer at all, or an error about the model or finetune. A resumed ru
 records it finds after a transient one back to the writer instead of sending their items again.
 
 **Queue.** The operator submits the chunks (:func:`plan_chunks` keeps each under the 10 MB limit) and
-records their request IDs; :func:`collect_queue` polls each one until its responses arrive, maps them
-to input indexes (chunk offset + the response's ``id``) and writes them.
+records their request IDs; :func:`collect_queue` turns their responses into records.
 """
 
 from __future__ import annotations
