@@ -24,7 +24,6 @@ __all__ = [
     "exists",
     "local_path",
     "open_read",
-    "public_location",
     "read_text",
     "remove",
     "upload",
@@ -45,7 +44,7 @@ def local_path(location: str) -> str | None:
     return None
 
 
-def public_location(location: str) -> str:
+def describe(location: str) -> str:
     """``location`` without a password or query string (signed-URL tokens), for XCom and messages.
 
     A connection id before ``@`` stays: it is not a secret and the location must still open.
@@ -53,12 +52,8 @@ def public_location(location: str) -> str:
     return redact_url(location)
 
 
-def describe(location: str) -> str:
-    """How messages name a location: as given for local paths, else :func:`public_location`."""
-    return public_location(location)
-
-
 def _remote(location: str) -> tuple[Any, str]:
+    """The filesystem and path of a location that is not local."""
     if "::" not in location:
         try:
             from airflow.sdk import ObjectStoragePath
@@ -67,19 +62,15 @@ def _remote(location: str) -> tuple[Any, str]:
             return path.fs, str(path.path)
         except (ValueError, ImportError, KeyError):
             pass  # a scheme Airflow has no filesystem for (e.g. memory://): plain fsspec below
-    from fsspec.core import url_to_fs
-
-    fs, path = url_to_fs(location)
-    return fs, str(path)
-
-
-def _remote_or_input_error(location: str) -> tuple[Any, str]:
-    from airflow_provider_cfai.exceptions import CloudflareInputError
-
     try:
-        return _remote(location)
+        from fsspec.core import url_to_fs
+
+        fs, path = url_to_fs(location)
     except (ImportError, ValueError) as exc:  # unknown protocol, or its package is not installed
+        from airflow_provider_cfai.exceptions import CloudflareInputError
+
         raise CloudflareInputError(f"Cannot open {describe(location)}: {exc}") from exc
+    return fs, str(path)
 
 
 @contextlib.contextmanager
@@ -90,7 +81,7 @@ def open_read(location: str) -> Iterator[IO[bytes]]:
         with open(path, "rb") as handle:
             yield handle
         return
-    fs, remote = _remote_or_input_error(location)
+    fs, remote = _remote(location)
     with fs.open(remote, "rb") as handle:
         yield handle
 
@@ -99,7 +90,7 @@ def exists(location: str) -> bool:
     path = local_path(location)
     if path is not None:
         return os.path.exists(path)
-    fs, remote = _remote_or_input_error(location)
+    fs, remote = _remote(location)
     return bool(fs.exists(remote))
 
 
@@ -117,7 +108,7 @@ def write_text(location: str, text: str) -> None:
     data = text.encode("utf-8")
     path = local_path(location)
     if path is None:
-        fs, remote = _remote_or_input_error(location)
+        fs, remote = _remote(location)
         _makedirs(fs, remote)
         with fs.open(remote, "wb") as handle:
             handle.write(data)
@@ -171,14 +162,14 @@ def remove(location: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return
-    fs, remote = _remote_or_input_error(location)
+    fs, remote = _remote(location)
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(remote)
 
 
 def upload(local: str, location: str) -> None:
     """Copy a local file to a remote ``location`` (replacing it)."""
-    fs, remote = _remote_or_input_error(location)
+    fs, remote = _remote(location)
     _makedirs(fs, remote)
     fs.put_file(local, remote)
 

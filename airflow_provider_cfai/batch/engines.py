@@ -15,8 +15,7 @@ lockout, no answer at all, or an error about the model or finetune. A resumed ru
 records it finds after a transient one back to the writer instead of sending their items again.
 
 **Queue.** The operator submits the chunks (:func:`plan_chunks` keeps each under the 10 MB limit) and
-records their request IDs; :func:`collect_queue` polls each one until its responses arrive, maps them
-to input indexes (chunk offset + the response's ``id``) and writes them.
+records their request IDs; :func:`collect_queue` turns their responses into records.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cfai.batch.inputs import iter_inputs, split_item
 from airflow_provider_cfai.batch.manifest import BatchManifest, build_manifest
-from airflow_provider_cfai.batch.records import failure_record, is_transient, success_record
+from airflow_provider_cfai.batch.records import OutputTally, failure_record, is_transient, success_record
 from airflow_provider_cfai.batch.writer import OrderedResultWriter
 from airflow_provider_cfai.exceptions import (
     CloudflareAPIError,
@@ -43,9 +42,9 @@ from airflow_provider_cfai.exceptions import (
 from airflow_provider_cfai.policy import is_retryable, stops_the_batch
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 
-    from airflow_provider_cfai.hooks.cloudflare_ai_async import CloudflareAIAsyncHook as AsyncCloudflareClient
+    from airflow_provider_cfai.hooks.cloudflare_ai_async import CloudflareAIAsyncHook
 
 __all__ = ["DEFAULT_MAX_BYTES", "collect_queue", "plan_chunks", "run_direct", "run_engine"]
 
@@ -62,40 +61,26 @@ _Job = tuple[int, dict[str, Any], dict[str, Any] | None]
 
 
 async def run_engine(
-    client: AsyncCloudflareClient,
+    client: CloudflareAIAsyncHook,
     *,
     engine: str,
-    model: str,
-    lora: str | None,
     inputs_path: str,
-    output: str,
-    request_ids: Sequence[str] = (),
+    request_ids: Sequence[str] | None = None,
     chunk_sizes: Sequence[int] | None = None,
     concurrency: int = 8,
     poll_interval: float = 5.0,
-    deadline: float | None = None,
+    **common: Any,
 ) -> BatchManifest:
-    """Run one of :data:`~airflow_provider_cfai.batch.ENGINES`: the worker and the trigger both call this."""
+    """Run one of :data:`~airflow_provider_cfai.batch.ENGINES`: the worker and the trigger both call this.
+
+    ``common`` holds what both engines take: ``model``, ``lora``, ``output`` and ``deadline``.
+    """
     if engine == "queue":
+        ids = request_ids or ()
         return await collect_queue(
-            client,
-            model=model,
-            request_ids=request_ids,
-            output=output,
-            poll_interval=poll_interval,
-            deadline=deadline,
-            chunk_sizes=chunk_sizes,
-            lora=lora,
+            client, request_ids=ids, chunk_sizes=chunk_sizes, poll_interval=poll_interval, **common
         )
-    return await run_direct(
-        client,
-        model=model,
-        lora=lora,
-        inputs_path=inputs_path,
-        output=output,
-        concurrency=concurrency,
-        deadline=deadline,
-    )
+    return await run_direct(client, inputs_path=inputs_path, concurrency=concurrency, **common)
 
 
 # -- queue: chunking --------------------------------------------------------------------------------
@@ -109,17 +94,12 @@ def plan_chunks(items: Iterable[Mapping[str, Any]], max_bytes: int = DEFAULT_MAX
 
     :raises CloudflareInputError: an item alone is over the limit (it names the item).
     """
-    if max_bytes < 1:
-        raise CloudflareInputError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}")
     overhead = len(json.dumps({"requests": []}))
     chunks: list[list[dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
     size = overhead
     for position, item in enumerate(items):
-        try:
-            item_size = len(json.dumps(item))
-        except (TypeError, ValueError) as exc:
-            raise CloudflareInputError(f"inputs[{position}]: not JSON-serializable ({exc})") from None
+        item_size = len(json.dumps(item))  # parsed from JSON lines: always serializable
         if overhead + item_size > max_bytes:
             raise CloudflareInputError(
                 f"inputs[{position}] is {item_size:,} bytes as JSON; one Batch API submission takes at most "
@@ -140,7 +120,7 @@ def plan_chunks(items: Iterable[Mapping[str, Any]], max_bytes: int = DEFAULT_MAX
 
 
 async def run_direct(
-    client: AsyncCloudflareClient,
+    client: CloudflareAIAsyncHook,
     *,
     model: str,
     lora: str | None = None,
@@ -152,54 +132,20 @@ async def run_direct(
     """Run every input through ``POST /ai/run/{model}``, ``concurrency`` at a time, paced.
 
     :param lora: a finetune to apply to every item.
-    :param inputs_path: the JSONL inputs (local path or fsspec URL).
     :param output: where the records go; the records already there are skipped (resume).
-    :param deadline: epoch seconds after which the run stops with ``"status": "timeout"``.
     :raises CloudflareAPIError: the batch could not go on (see the module docstring).
     """
     if concurrency < 1:
         raise CloudflareInputError(f"concurrency must be at least 1, got {concurrency!r}")
-    writer = OrderedResultWriter(output)
-    await writer.open()
-    start = writer.start_index
-    read = [start]  # items read from the inputs so far (their count, once all are read)
-    try:
-        finished = await _until(
-            deadline, _direct_calls(client, model, lora, inputs_path, writer, start, concurrency, read)
-        )
-    finally:
-        await writer.close()
-    total = read[0] if finished else await asyncio.to_thread(_count_inputs, inputs_path, read[0])
-    log.info("Direct engine: %d of %d record(s) in %s", writer.next_index, total, output)
-    return build_manifest(
-        engine="direct",
-        model=model,
-        lora=lora,
-        output=output,
-        total=total,
-        tally=writer.tally,
-        resumed_from=start,
-        status="success" if finished else "timeout",
-    )
-
-
-async def _direct_calls(
-    client: AsyncCloudflareClient,
-    model: str,
-    lora: str | None,
-    inputs_path: str,
-    writer: OrderedResultWriter,
-    start: int,
-    concurrency: int,
-    read: list[int],
-) -> None:
     jobs: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue(maxsize=concurrency)
     written = asyncio.Condition()
+    read = 0  # items read from the inputs so far (all of them, once done)
 
-    async def feed() -> None:
-        items = _with_carried(iter_inputs(inputs_path, start), writer.carried())
+    async def feed(writer: OrderedResultWriter) -> None:
+        nonlocal read
+        items = _with_carried(iter_inputs(inputs_path, read), writer.carried())
         try:
-            while batch := await asyncio.to_thread(_take, items, _READ_BATCH):
+            while batch := await asyncio.to_thread(lambda: list(itertools.islice(items, _READ_BATCH))):
                 for index, item, kept in batch:
                     async with written:
                         await written.wait_for(functools.partial(_room_for, index, writer))
@@ -207,27 +153,41 @@ async def _direct_calls(
                         await writer.add(index, kept)  # final last time: not sent again
                     else:
                         await jobs.put((index, item))
-                    read[0] = index + 1
+                    read = index + 1
         finally:
-            # Closes the file at once, not whenever the generator is collected.
-            close = getattr(items, "close", None)
-            if close is not None:
-                await asyncio.to_thread(close)
+            await asyncio.to_thread(items.close)  # closes the file now, not when collected
         for _ in range(concurrency):
             await jobs.put(None)
 
-    async def work() -> None:
+    async def work(writer: OrderedResultWriter) -> None:
         while (job := await jobs.get()) is not None:
-            index, item = job
-            await writer.add(index, await _call_one(client, model, lora, index, item))
+            await writer.add(job[0], await _call_one(client, model, lora, *job))
             async with written:
                 written.notify_all()
 
-    await _all_or_none([feed(), *(work() for _ in range(concurrency))])
+    async def calls(writer: OrderedResultWriter) -> None:
+        await _all_or_none([feed(writer), *(work(writer) for _ in range(concurrency))])
+
+    async with OrderedResultWriter(output) as writer:
+        read = start = writer.start_index
+        finished = await _until(deadline, calls(writer))
+    if not finished:
+        read += await asyncio.to_thread(lambda: sum(1 for _ in iter_inputs(inputs_path, read)))
+    log.info("Direct engine: %d of %d record(s) in %s", writer.next_index, read, output)
+    return build_manifest(
+        engine="direct",
+        model=model,
+        lora=lora,
+        output=output,
+        total=read,
+        tally=writer.tally,
+        resumed_from=start,
+        status="success" if finished else "timeout",
+    )
 
 
 async def _call_one(
-    client: AsyncCloudflareClient, model: str, lora: str | None, index: int, item: dict[str, Any]
+    client: CloudflareAIAsyncHook, model: str, lora: str | None, index: int, item: dict[str, Any]
 ) -> dict[str, Any]:
     body, reference = split_item(item)
     if lora:
@@ -237,13 +197,13 @@ async def _call_one(
     except CloudflareAPIError as error:
         if stops_the_batch(error):
             raise error.with_context(f"The batch stopped at item {index}, an error every item would meet") from error
+        # Cloudflare's messages, without the request line.
+        status = f"HTTP {error.status}" if error.status is not None else "no response"
+        message = f"{status}: {format_errors(error.errors) or error.detail or 'no details'}"
+        # transient: a 5xx or timeout after the retries, which a retry sends again.
+        transient = is_retryable(error)
         return failure_record(
-            index,
-            reference,
-            status=error.status,
-            codes=error.codes,
-            message=_reason(error),
-            transient=is_retryable(error),  # a 5xx or timeout after the retries: a retry sends it again
+            index, reference, status=error.status, codes=error.codes, message=message, transient=transient
         )
     return success_record(index, reference, result)
 
@@ -252,7 +212,7 @@ async def _call_one(
 
 
 async def collect_queue(
-    client: AsyncCloudflareClient,
+    client: CloudflareAIAsyncHook,
     *,
     model: str,
     request_ids: Sequence[str],
@@ -281,18 +241,34 @@ async def collect_queue(
         raise CloudflareInputError(
             f"chunk_sizes has {len(chunk_sizes)} entries for {len(request_ids)} request IDs; give one size per chunk"
         )
-    if poll_interval <= 0:
-        raise CloudflareInputError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
-    writer = OrderedResultWriter(output)
-    await writer.open()
-    start = writer.start_index
-    progress = _QueueProgress()
-    collect = _collect(client, model, request_ids, writer, start, poll_interval, chunk_sizes, progress, sleep)
-    try:
-        finished = await _until(deadline, collect)
-    finally:
-        await writer.close()
-    total = progress.offset if finished else sum(chunk_sizes) if chunk_sizes is not None else writer.next_index
+    offset = 0
+    usage = OutputTally()  # Cloudflare reports usage per chunk, not (documented) per item
+    usage_complete = True
+
+    async def collect(writer: OrderedResultWriter, start: int) -> None:
+        nonlocal offset, usage_complete
+        for chunk, request_id in enumerate(request_ids):
+            last = None
+            while not isinstance((done := await client.poll_batch(model, request_id)).get("responses"), list):
+                status = done.get("status")
+                if status not in _PENDING:
+                    detail = f"batch {request_id} answered status {status!r} without responses"
+                    raise CloudflarePermanentAPIError("POST", client.run_path(model), 200, detail=detail)
+                if status != last:
+                    log.info("Batch %s is %s", request_id, status)
+                    last = status
+                await sleep(poll_interval)
+            size = chunk_sizes[chunk] if chunk_sizes is not None else None
+            records, count = _chunk_records(done["responses"], offset, size, request_id)
+            usage_complete &= usage.add_usage(done.get("usage"))
+            await asyncio.to_thread(_add_all, writer, [record for record in records if record["index"] >= start])
+            offset += count
+            log.info("Batch %s: %d response(s) collected", request_id, count)
+
+    async with OrderedResultWriter(output) as writer:
+        start = writer.start_index
+        finished = await _until(deadline, collect(writer, start))
+    total = offset if finished else sum(chunk_sizes) if chunk_sizes is not None else writer.next_index
     manifest = build_manifest(
         engine="queue",
         model=model,
@@ -304,79 +280,9 @@ async def collect_queue(
         resumed_from=start,
         status="success" if finished else "timeout",
     )
-    if finished and progress.usage_complete:
-        # Cloudflare reports usage per chunk, not (documented) per item.
-        manifest["usage"] = {
-            "prompt_tokens": progress.usage["prompt_tokens"],
-            "completion_tokens": progress.usage["completion_tokens"],
-            "total_tokens": progress.usage["total_tokens"],
-        }
+    if finished and usage_complete:
+        manifest["usage"] = usage.usage
     return manifest
-
-
-class _QueueProgress:
-    def __init__(self) -> None:
-        self.offset = 0
-        self.usage = dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), 0)
-        self.usage_complete = True
-
-    def add_usage(self, usage: Any) -> None:
-        if not isinstance(usage, Mapping):
-            self.usage_complete = False
-            return
-        for key in self.usage:
-            value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                self.usage[key] += value
-
-
-async def _collect(
-    client: AsyncCloudflareClient,
-    model: str,
-    request_ids: Sequence[str],
-    writer: OrderedResultWriter,
-    start: int,
-    poll_interval: float,
-    chunk_sizes: Sequence[int] | None,
-    progress: _QueueProgress,
-    sleep: Callable[[float], Awaitable[None]],
-) -> None:
-    for chunk, request_id in enumerate(request_ids):
-        done = await _wait_for_responses(client, model, request_id, poll_interval, sleep)
-        size = chunk_sizes[chunk] if chunk_sizes is not None else None
-        records, count = _chunk_records(done["responses"], progress.offset, size, request_id)
-        progress.add_usage(done.get("usage"))
-        fresh = [record for record in records if record["index"] >= start]
-        if fresh:
-            await asyncio.to_thread(_add_all, writer, fresh)
-        progress.offset += count
-        log.info("Batch %s: %d response(s) collected", request_id, count)
-
-
-async def _wait_for_responses(
-    client: AsyncCloudflareClient,
-    model: str,
-    request_id: str,
-    poll_interval: float,
-    sleep: Callable[[float], Awaitable[None]],
-) -> dict[str, Any]:
-    last = None
-    while True:
-        result = await client.poll_batch(model, request_id)
-        if isinstance(result.get("responses"), list):
-            return result
-        status = result.get("status")
-        if status not in _PENDING:
-            raise CloudflarePermanentAPIError(
-                "POST",
-                client.run_path(model),
-                200,
-                detail=f"batch {request_id} answered status {status!r} without responses",
-            )
-        if status != last:
-            log.info("Batch %s is %s", request_id, status)
-            last = status
-        await sleep(poll_interval)
 
 
 def _chunk_records(
@@ -416,16 +322,8 @@ def _item_error(response: Mapping[str, Any]) -> tuple[list[int], str]:
     """Codes and message of a failed Batch API item, whatever shape Cloudflare gives it (undocumented)."""
     raw = response.get("errors", response.get("error"))
     items = raw if isinstance(raw, list) else [raw] if raw is not None else []
-    codes: list[int] = []
-    messages: list[str] = []
-    for item in items:
-        if isinstance(item, Mapping):
-            code = item.get("code")
-            if isinstance(code, int) and not isinstance(code, bool):
-                codes.append(code)
-            messages.append(format_errors([item]))
-        else:
-            messages.append(str(item))
+    codes = [item["code"] for item in items if isinstance(item, Mapping) and type(item.get("code")) is int]
+    messages = [format_errors([item]) if isinstance(item, Mapping) else str(item) for item in items]
     message = "; ".join(m for m in messages if m) or "the Batch API reported this item as failed"
     return codes, message
 
@@ -467,11 +365,9 @@ def _room_for(index: int, writer: OrderedResultWriter) -> bool:
     return index - writer.next_index < AHEAD
 
 
-def _take(items: Iterator[_Job], count: int) -> list[_Job]:
-    return list(itertools.islice(items, count))
-
-
-def _with_carried(items: Iterator[tuple[int, dict[str, Any]]], carried: Iterator[dict[str, Any]]) -> Iterator[_Job]:
+def _with_carried(
+    items: Generator[tuple[int, dict[str, Any]], None, None], carried: Generator[dict[str, Any], None, None]
+) -> Generator[_Job, None, None]:
     """Each input with its final record from the last run, if it has one (else ``None``: send it)."""
     kept = next(carried, None)
     try:
@@ -481,23 +377,10 @@ def _with_carried(items: Iterator[tuple[int, dict[str, Any]]], carried: Iterator
             final = kept is not None and kept.get("index") == index and not is_transient(kept)
             yield index, item, kept if final else None
     finally:
-        for stream in (items, carried):
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-
-
-def _count_inputs(inputs_path: str, start: int) -> int:
-    return start + sum(1 for _ in iter_inputs(inputs_path, start))
+        items.close()
+        carried.close()
 
 
 def _add_all(writer: OrderedResultWriter, records: list[dict[str, Any]]) -> None:
     for record in records:
         writer.add_sync(record["index"], record)
-
-
-def _reason(error: CloudflareAPIError) -> str:
-    """An item's error for its record: Cloudflare's messages, without the request line."""
-    reasons = format_errors(error.errors)
-    status = f"HTTP {error.status}" if error.status is not None else "no response"
-    return f"{status}: {reasons or error.detail or 'no details'}"

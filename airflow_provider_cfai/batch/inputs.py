@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_cfai.batch import _files
 from airflow_provider_cfai.exceptions import CloudflareInputError
 
-__all__ = [
-    "INPUTS_SUFFIX",
-    "InputsSummary",
-    "check_prompt",
-    "iter_inputs",
-    "scan_inputs",
-    "split_item",
-    "stage_inputs",
-]
+__all__ = ["INPUTS_SUFFIX", "InputsSummary", "check_prompt", "iter_inputs", "scan_inputs", "split_item", "stage_inputs"]
 
 #: Inline input lists are staged next to the output under this suffix.
 INPUTS_SUFFIX = ".inputs.jsonl"
@@ -39,7 +31,7 @@ class InputsSummary:
     sha256: str
 
 
-def iter_inputs(path: str, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_inputs(path: str, start: int = 0) -> Generator[tuple[int, dict[str, Any]], None, None]:
     """Stream ``(index, item)`` from a JSONL file, from item ``start`` on: item ``index`` is line ``index + 1``.
 
     :param path: a local path or an fsspec URL (an ``ObjectStoragePath`` in its string form).
@@ -47,7 +39,7 @@ def iter_inputs(path: str, start: int = 0) -> Iterator[tuple[int, dict[str, Any]
         message names the line number).
     """
     where = _files.describe(path)
-    for line_no, raw in _lines(path):
+    for line_no, raw in _lines(path, where):
         if line_no > start:
             yield line_no - 1, _parse_input(raw, line_no, where)
 
@@ -62,7 +54,7 @@ def scan_inputs(path: str, *, prompts: bool = False) -> InputsSummary:
     where = _files.describe(path)
     digest = hashlib.sha256()
     count = 0
-    for line_no, raw in _lines(path):
+    for line_no, raw in _lines(path, where):
         digest.update(raw)
         item = _parse_input(raw, line_no, where)
         if prompts:
@@ -71,8 +63,7 @@ def scan_inputs(path: str, *, prompts: bool = False) -> InputsSummary:
     return InputsSummary(count, digest.hexdigest())
 
 
-def _lines(path: str) -> Iterator[tuple[int, bytes]]:
-    where = _files.describe(path)
+def _lines(path: str, where: str) -> Iterator[tuple[int, bytes]]:
     try:
         with _files.open_read(path) as handle:
             yield from enumerate(handle, start=1)

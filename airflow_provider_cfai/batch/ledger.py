@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_provider_cfai.batch import _files
@@ -45,13 +45,7 @@ class Ledger:
     chunk_sizes: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "version": _VERSION,
-            "fingerprint": self.fingerprint,
-            "inputs": self.inputs,
-            "request_ids": list(self.request_ids),
-            "chunk_sizes": list(self.chunk_sizes),
-        }
+        return {"version": _VERSION, **asdict(self)}
 
     @classmethod
     def from_json(cls, data: Any) -> Ledger | None:

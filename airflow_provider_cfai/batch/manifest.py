@@ -59,7 +59,7 @@ def build_manifest(
         "engine": engine,
         "model": model,
         "lora": lora,
-        "output": _files.public_location(output),
+        "output": _files.describe(output),
         "total": total,
         "succeeded": tally.succeeded,
         "failed": tally.failed,

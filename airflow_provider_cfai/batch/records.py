@@ -94,7 +94,7 @@ def read_prefix(source: IO[bytes], keep: Callable[[bytes, dict[str, Any]], None]
     """
     count = kept = 0
     for raw in source:
-        record = parse_record(raw) if raw.endswith(b"\n") else None
+        record = parse_record(raw)
         if record is None or record.get("index") != count or is_transient(record):
             return count, kept, raw
         keep(raw, record)
@@ -109,7 +109,9 @@ def record_line(record: Mapping[str, Any]) -> bytes:
 
 
 def parse_record(raw: bytes) -> dict[str, Any] | None:
-    """The record on a line, or ``None`` if the line is not one."""
+    """The record on a complete line, or ``None`` if the line is torn or not a record."""
+    if not raw.endswith(b"\n"):
+        return None
     try:
         record = json.loads(raw)
     except ValueError:
@@ -151,11 +153,16 @@ class OutputTally:
             return
         self.succeeded += 1
         result = record.get("result")
-        usage = result.get("usage") if isinstance(result, Mapping) else None
-        if isinstance(usage, Mapping):
-            self.prompt_tokens += _tokens(usage.get("prompt_tokens"))
-            self.completion_tokens += _tokens(usage.get("completion_tokens"))
-            self.total_tokens += _tokens(usage.get("total_tokens"))
+        self.add_usage(result.get("usage") if isinstance(result, Mapping) else None)
+
+    def add_usage(self, usage: Any) -> bool:
+        """Add a model's ``usage`` object; ``False`` when it is not one (nothing added)."""
+        if not isinstance(usage, Mapping):
+            return False
+        self.prompt_tokens += _tokens(usage.get("prompt_tokens"))
+        self.completion_tokens += _tokens(usage.get("completion_tokens"))
+        self.total_tokens += _tokens(usage.get("total_tokens"))
+        return True
 
     @property
     def written(self) -> int:

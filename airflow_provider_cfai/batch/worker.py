@@ -47,10 +47,6 @@ class Batch:
     done: OutputTally
     state_store: Any = None
 
-    @property
-    def complete(self) -> bool:
-        return self.done.written >= self.total
-
 
 def open_batch(
     *,
@@ -96,13 +92,17 @@ def open_batch(
     ledger = load_ledger(output, fingerprint, state_store=state_store)
     if ledger is None:
         if _files.exists(output):
-            log.warning("%s holds results of another batch (other inputs or settings); replacing them", _shown(output))
+            log.warning(
+                "%s holds results of another batch (other inputs or settings); replacing them", _files.describe(output)
+            )
             _files.remove(output)
         ledger = Ledger(fingerprint, location)
         save_ledger(ledger, output, state_store=state_store)
     done = scan_output(output)
     if done.written and done.written < summary.count:
-        log.info("Resuming after %d of %d result(s) already in %s", done.written, summary.count, _shown(output))
+        log.info(
+            "Resuming after %d of %d result(s) already in %s", done.written, summary.count, _files.describe(output)
+        )
     return Batch(model, lora, output, engine, summary.count, ledger, done, state_store)
 
 
@@ -156,16 +156,14 @@ def finished_manifest(batch: Batch) -> BatchManifest:
 
 
 def run_engine(
-    batch: Batch,
     settings: Any,
     *,
     account_id: str | None,
-    concurrency: int,
-    poll_interval: float,
-    deadline: float | None,
-    on_start: Callable[[Callable[[], object]], None] | None = None,
+    on_start: Callable[[Callable[[], object]], None],
+    **engine_kwargs: Any,
 ) -> BatchManifest:
-    """Run the batch's engine here, in the worker (``deferrable=False``), as the trigger would.
+    """Run :func:`~airflow_provider_cfai.batch.engines.run_engine` here, in the worker
+    (``deferrable=False``), with the trigger's ``engine_kwargs``.
 
     :param on_start: called with a function that cancels the run from another thread (``on_kill``):
         the engine stops and closes its output, keeping what it wrote.
@@ -178,43 +176,22 @@ def run_engine(
 
     async def run() -> BatchManifest:
         async with CloudflareAIAsyncHook(
-            settings=settings, account_id=account_id, max_connections=concurrency
+            settings=settings, account_id=account_id, max_connections=engine_kwargs["concurrency"]
         ) as client:
-            work = asyncio.ensure_future(
-                engines.run_engine(
-                    client,
-                    engine=batch.engine,
-                    model=batch.model,
-                    lora=batch.lora,
-                    inputs_path=batch.ledger.inputs,
-                    output=batch.output,
-                    request_ids=batch.ledger.request_ids,
-                    chunk_sizes=batch.ledger.chunk_sizes or None,
-                    concurrency=concurrency,
-                    poll_interval=poll_interval,
-                    deadline=deadline,
-                )
-            )
-            if on_start is not None:
-                on_start(functools.partial(asyncio.get_running_loop().call_soon_threadsafe, work.cancel))
+            work = asyncio.ensure_future(engines.run_engine(client, **engine_kwargs))
+            on_start(functools.partial(asyncio.get_running_loop().call_soon_threadsafe, work.cancel))
             return await work
 
     return asyncio.run(run())
 
 
 def outcome(
-    manifest: BatchManifest,
-    *,
-    max_failure_ratio: float,
-    execution_timeout: timedelta | None,
-    on_failure: Callable[[BatchManifest], None],
-    log: Logger,
+    manifest: BatchManifest, *, max_failure_ratio: float, execution_timeout: timedelta | None, log: Logger
 ) -> BatchManifest:
-    """Return the manifest, or raise for a timeout or too many failed items (after ``on_failure``)."""
-    where = _shown(str(manifest["output"]))
+    """Return the manifest, or raise for a timeout, items a retry sends again, or too many failed items."""
+    where = _files.describe(str(manifest["output"]))
     done = manifest["succeeded"] + manifest["failed"]
     if manifest["status"] == "timeout":
-        on_failure(manifest)
         raise BatchTimeoutError(
             f"The batch reached execution_timeout ({execution_timeout}) with {done} of {manifest['total']} "
             f"result(s) written to {where}; a retry resumes from there."
@@ -229,28 +206,18 @@ def outcome(
         manifest["usage"]["total_tokens"],
         where,
     )
+    codes = ", ".join(f"{code} ({count}x)" for code, count in (manifest.get("error_codes") or {}).items()) or "none"
     transient = manifest.get("transient_failures", 0)
     if transient:
-        on_failure(manifest)
         raise CloudflareAIError(
             f"{transient} of {manifest['total']} item(s) failed for a reason that may pass (a 5xx or a timeout "
-            f"after the retries; codes: {_codes(manifest)}); a retry of this task sends exactly those items "
+            f"after the retries; codes: {codes}); a retry of this task sends exactly those items "
             f"again, keeping the other results in {where}."
         )
     if ratio > max_failure_ratio:
-        on_failure(manifest)
         raise BatchFailureRatioError(
             f"{manifest['failed']} of {done} item(s) failed (ratio {ratio:.3f}), above "
-            f"max_failure_ratio={max_failure_ratio}; most common Cloudflare error codes: {_codes(manifest)}. "
+            f"max_failure_ratio={max_failure_ratio}; most common Cloudflare error codes: {codes}. "
             f"Every result, failed ones with their error, is in {where}."
         )
     return manifest
-
-
-def _codes(manifest: BatchManifest) -> str:
-    counts = manifest.get("error_codes") or {}
-    return ", ".join(f"{code} ({count}x)" for code, count in counts.items()) or "none"
-
-
-def _shown(location: str) -> str:
-    return _files.describe(location)

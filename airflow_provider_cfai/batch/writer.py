@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -13,7 +14,7 @@ from airflow_provider_cfai.batch import _files
 from airflow_provider_cfai.batch.records import OutputTally, is_transient, parse_record, read_prefix, record_line
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator
 
 __all__ = ["OrderedResultWriter"]
 
@@ -37,8 +38,8 @@ class OrderedResultWriter:
     the writer and so uploads what it wrote; a process that is killed outright loses its spool, and
     the next run resumes from what the last closed run uploaded.
 
-    Async code uses :meth:`open`, :meth:`add` and :meth:`close` (file I/O runs in a thread, off the
-    event loop); sync code uses :meth:`open_sync`, :meth:`add_sync` and :meth:`close_sync`.
+    Async code uses ``async with`` and :meth:`add` (file I/O runs in a thread, off the event loop);
+    sync code uses ``with`` and :meth:`add_sync`.
 
     :param output: a local path or an fsspec URL (an ``ObjectStoragePath`` in its string form).
     """
@@ -56,9 +57,6 @@ class OrderedResultWriter:
         self._next = 0
         self._pending: dict[int, dict[str, Any]] = {}
         self._carry: str | None = None
-
-    def __repr__(self) -> str:
-        return f"OrderedResultWriter({_files.describe(self.output)!r}, written={self._next})"
 
     @property
     def start_index(self) -> int:
@@ -78,15 +76,24 @@ class OrderedResultWriter:
         with self._lock:
             if self._opened:
                 return
-            if self._local is not None:
-                os.makedirs(os.path.dirname(self._local), exist_ok=True)
-                self._start = self._keep_local_prefix(self._local)
-                self._handle = open(self._local, "ab")  # noqa: SIM115 - held until close_sync()
-            else:
+            spool = None
+            if self._local is None:
                 fd, self._spool = tempfile.mkstemp(prefix="cfai-batch-", suffix=".jsonl")
-                self._handle = os.fdopen(fd, "wb")
-                self._start = self._copy_remote_prefix(self._handle)
-                self._handle.flush()
+                spool = os.fdopen(fd, "wb")  # seeded with the remote's complete prefix
+            keep = 0
+            with contextlib.suppress(FileNotFoundError), _files.open_read(self.output) as source:
+                self._start, keep = self._scan_prefix(source, spool)
+            if spool is not None:
+                spool.flush()
+                self._handle = spool
+            elif self._local is not None:  # always, without a spool
+                size = os.path.getsize(self._local) if os.path.exists(self._local) else 0
+                if keep < size:
+                    if self._carry is None:
+                        log.warning("Cutting %d byte(s) of incomplete output from %s", size - keep, self._local)
+                    os.truncate(self._local, keep)
+                os.makedirs(os.path.dirname(self._local), exist_ok=True)
+                self._handle = open(self._local, "ab")  # noqa: SIM115 - held until close_sync()
             self._next = self._start
             self._opened = True
         if self._start:
@@ -97,7 +104,7 @@ class OrderedResultWriter:
         self.open_sync()
         with self._lock:
             if self._closed or self._handle is None:
-                raise RuntimeError(f"{self!r} is closed")
+                raise RuntimeError(f"the writer of {_files.describe(self.output)} is closed")
             if record.get("index") != index:
                 raise ValueError(f"record for item {index} carries index {record.get('index')!r}")
             if index < self._next or index in self._pending:
@@ -123,10 +130,7 @@ class OrderedResultWriter:
             self._closed = True
             if self._pending:
                 log.warning(
-                    "%d record(s) after item %d were not written (item %d never completed)",
-                    len(self._pending),
-                    self._next,
-                    self._next,
+                    "%d record(s) after item %d were not written (it never completed)", len(self._pending), self._next
                 )
                 self._pending.clear()
             assert self._handle is not None
@@ -140,7 +144,7 @@ class OrderedResultWriter:
                 finally:
                     os.unlink(self._spool)
 
-    def carried(self) -> Iterator[dict[str, Any]]:
+    def carried(self) -> Generator[dict[str, Any], None, None]:
         """The records ``output`` held after its first transient failure, in order, from that one on.
 
         The writer cut ``output`` there on opening (:attr:`start_index` is that record's index): a
@@ -152,7 +156,7 @@ class OrderedResultWriter:
             return
         with open(self._carry, "rb") as handle:
             for raw in handle:
-                record = parse_record(raw) if raw.endswith(b"\n") else None
+                record = parse_record(raw)
                 if record is None:
                     return
                 yield record
@@ -166,7 +170,7 @@ class OrderedResultWriter:
         try:
             with open(carry, "rb") as handle:
                 for raw in handle:
-                    record = parse_record(raw) if raw.endswith(b"\n") else None
+                    record = parse_record(raw)
                     if record is None or not isinstance(record.get("index"), int) or record["index"] < self._next:
                         continue
                     if record["index"] != self._next:
@@ -186,51 +190,17 @@ class OrderedResultWriter:
 
     # -- async ------------------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        await asyncio.to_thread(self.open_sync)
-
     async def add(self, index: int, record: dict[str, Any]) -> None:
         await asyncio.to_thread(self.add_sync, index, record)
 
-    async def close(self) -> None:
-        await asyncio.to_thread(self.close_sync)
-
     async def __aenter__(self) -> OrderedResultWriter:
-        await self.open()
+        await asyncio.to_thread(self.open_sync)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await asyncio.to_thread(self.close_sync)
 
     # -- resume -----------------------------------------------------------------------------------
-
-    def _keep_local_prefix(self, path: str) -> int:
-        try:
-            with open(path, "rb") as handle:
-                count, keep = self._scan_prefix(handle, None)
-                size = os.fstat(handle.fileno()).st_size
-        except FileNotFoundError:
-            return 0
-        if keep < size:
-            if self._carry is None:
-                log.warning("Cutting %d byte(s) of incomplete output from %s", size - keep, path)
-            os.truncate(path, keep)
-        return count
-
-    def _copy_remote_prefix(self, spool: IO[bytes]) -> int:
-        try:
-            with _files.open_read(self.output) as remote:
-                return self._scan_prefix(remote, spool)[0]
-        except FileNotFoundError:
-            return 0
-
-    def _keep_carried(self, first: bytes, rest: IO[bytes]) -> None:
-        self._carry = _keep_carried_into(first, rest)
-        log.info(
-            "%s: item %d failed for a passing reason last time; sending it and the other such items again",
-            _files.describe(self.output),
-            self.tally.written,
-        )
 
     def _scan_prefix(self, source: IO[bytes], copy_to: IO[bytes] | None) -> tuple[int, int]:
         """Count leading lines that are complete records 0, 1, 2, …; return (count, their bytes)."""
@@ -241,20 +211,19 @@ class OrderedResultWriter:
                 copy_to.write(raw)
 
         count, kept, stop = read_prefix(source, keep)
-        record = parse_record(stop) if stop is not None and stop.endswith(b"\n") else None
+        record = parse_record(stop) if stop is not None else None
         if record is not None and record.get("index") == count and is_transient(record):
-            self._keep_carried(stop, source)  # type: ignore[arg-type]
+            fd, self._carry = tempfile.mkstemp(prefix="cfai-batch-carry-", suffix=".jsonl")
+            with os.fdopen(fd, "wb") as carry:
+                carry.write(stop)  # type: ignore[arg-type]
+                carry.writelines(source)
+            log.info(
+                "%s: item %d failed for a passing reason last time; sending it and the other such items again",
+                _files.describe(self.output),
+                count,
+            )
         elif record is not None:
             log.warning(
                 "Output line %d holds item %r, not %d; rewriting from there", count + 1, record.get("index"), count
             )
         return count, kept
-
-
-def _keep_carried_into(first: bytes, rest: IO[bytes]) -> str:
-    fd, carry = tempfile.mkstemp(prefix="cfai-batch-carry-", suffix=".jsonl")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(first)
-        for raw in rest:
-            handle.write(raw)
-    return carry

@@ -10,11 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cfai._numbers import whole_number
 from airflow_provider_cfai.batch import ENGINES as BATCH_ENGINES
-from airflow_provider_cfai.exceptions import (
-    AirflowFailException,
-    CloudflareAIError,
-    CloudflareInputError,
-)
+from airflow_provider_cfai.exceptions import AirflowFailException, CloudflareAIError, CloudflareInputError
 from airflow_provider_cfai.operators._common import (
     CloudflareAIBaseOperator,
     as_bool,
@@ -114,7 +110,9 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
         check_choice("engine", engine, ENGINES)
         self.engine = engine
         self.max_failure_ratio = _number("max_failure_ratio", max_failure_ratio, high=1.0)
-        self.concurrency = _whole("concurrency", concurrency)
+        self.concurrency = whole_number(concurrency, minimum=1)
+        if self.concurrency is None:
+            raise CloudflareInputError(f"concurrency must be a whole number of at least 1, got {concurrency!r}")
         self.poll_interval = _number("poll_interval", poll_interval, high=None, open_low=True)
         self._cancel: Callable[[], object] | None = None
         self._check(rendered=False)
@@ -137,7 +135,7 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
             state_store=context.get("task_state_store"),  # Airflow 3.3+
             log=self.log,
         )
-        if batch.complete:
+        if batch.done.written >= batch.total:
             self.log.info("%s already holds all %d result(s) of this batch; nothing to run", output, batch.total)
             return self._finish(context, worker.finished_manifest(batch))
         if batch.engine == "queue":
@@ -145,23 +143,24 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
             context["ti"].xcom_push(key=REQUEST_IDS_KEY, value=list(batch.ledger.request_ids))
 
         deadline = self._deadline(context)
-        concurrency, poll_interval = self.concurrency, self.poll_interval
+        # What the engine needs, in the trigger's terms: the worker runs the same engine with it.
+        engine_kwargs: dict[str, Any] = {
+            "engine": batch.engine,
+            "model": batch.model,
+            "inputs_path": batch.ledger.inputs,
+            "output": output,
+            "lora": batch.lora,
+            "request_ids": list(batch.ledger.request_ids) or None,
+            "chunk_sizes": list(batch.ledger.chunk_sizes) or None,
+            "concurrency": self.concurrency,
+            "poll_interval": self.poll_interval,
+            "deadline": deadline,
+        }
         if self.deferrable:
             from airflow_provider_cfai.triggers.batch import WorkersAIBatchTrigger
 
             trigger = WorkersAIBatchTrigger(
-                cloudflare_conn_id=self.cloudflare_conn_id,
-                engine=batch.engine,
-                model=batch.model,
-                inputs_path=batch.ledger.inputs,
-                output=output,
-                lora=batch.lora,
-                request_ids=list(batch.ledger.request_ids) or None,
-                chunk_sizes=list(batch.ledger.chunk_sizes) or None,
-                account_id=self.account_id,
-                concurrency=concurrency,
-                poll_interval=poll_interval,
-                deadline=deadline,
+                cloudflare_conn_id=self.cloudflare_conn_id, account_id=self.account_id, **engine_kwargs
             )
             # The trigger stops at the deadline itself; the triggerer's timeout is only a backstop.
             timeout = None if deadline is None else timedelta(seconds=max(0.0, deadline - time.time()) + _GRACE)
@@ -170,15 +169,9 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
         if deadline is not None:
             # Airflow's own execution_timeout alarm fires at the deadline: stop a little before it,
             # so the timeout is reported as one, with the output closed.
-            deadline -= min(30.0, 0.1 * self.execution_timeout.total_seconds())  # type: ignore[union-attr]
+            engine_kwargs["deadline"] -= min(30.0, 0.1 * self.execution_timeout.total_seconds())  # type: ignore[union-attr]
         manifest = worker.run_engine(
-            batch,
-            self.hook.settings,
-            account_id=self.account_id,
-            concurrency=concurrency,
-            poll_interval=poll_interval,
-            deadline=deadline,
-            on_start=self._set_cancel,
+            self.hook.settings, account_id=self.account_id, on_start=self._set_cancel, **engine_kwargs
         )
         return self._finish(context, manifest)
 
@@ -231,16 +224,16 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
     def _finish(self, context: Context, manifest: BatchManifest) -> BatchManifest:
         from airflow_provider_cfai.batch import worker
 
-        def keep_manifest(failed: BatchManifest) -> None:
-            context["ti"].xcom_push(key=MANIFEST_KEY, value=failed)
-
-        return worker.outcome(
-            manifest,
-            max_failure_ratio=self.max_failure_ratio,
-            execution_timeout=self.execution_timeout,
-            on_failure=keep_manifest,
-            log=self.log,
-        )
+        try:
+            return worker.outcome(
+                manifest,
+                max_failure_ratio=self.max_failure_ratio,
+                execution_timeout=self.execution_timeout,
+                log=self.log,
+            )
+        except CloudflareAIError:
+            context["ti"].xcom_push(key=MANIFEST_KEY, value=manifest)  # why it failed, for a look or a retry
+            raise
 
 
 # -- argument checks --------------------------------------------------------------------------------------
@@ -309,14 +302,6 @@ def _number(field: str, value: Any, *, high: float | None, open_low: bool = Fals
     if number != number or too_low or (high is not None and number > high):
         bounds = f"from 0.0 to {high}" if high is not None else "greater than 0"
         raise CloudflareInputError(f"{field} must be a number {bounds}, got {value!r}")
-    return number
-
-
-def _whole(field: str, value: Any) -> int:
-    """A whole number of at least 1, from a value or a rendered string."""
-    number = whole_number(value, minimum=1)
-    if number is None:
-        raise CloudflareInputError(f"{field} must be a whole number of at least 1, got {value!r}")
     return number
 
 

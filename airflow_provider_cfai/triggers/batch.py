@@ -91,17 +91,15 @@ class WorkersAIBatchTrigger(BaseTrigger):
 
         try:
             manifest = await self._run_engine()
-        except CloudflareAIError as error:
-            self.log.error("Batch on %s stopped: %s", self.model, error)
-            # "permanent": a retry of the task would meet the same error (bad input, credentials, 4xx).
-            permanent = isinstance(error, AirflowFailException)
-            yield _event({"status": "error", "manifest": None, "message": str(error), "permanent": permanent})
-            return
         except Exception as error:
-            # Anything else still ends in one event, so the task fails with a message, not a hang.
-            self.log.exception("Batch on %s failed", self.model)
-            message = f"{type(error).__name__}: {error}"
-            yield _event({"status": "error", "manifest": None, "message": message, "permanent": False})
+            # Anything ends in one event, so the task fails with a message, not a hang; the
+            # provider's own errors need no traceback.
+            known = isinstance(error, CloudflareAIError)
+            self.log.error("Batch on %s stopped: %s", self.model, error, exc_info=not known)
+            message = str(error) if known else f"{type(error).__name__}: {error}"
+            # "permanent": a retry of the task would meet the same error (bad input, credentials, 4xx).
+            permanent = known and isinstance(error, AirflowFailException)
+            yield _event({"status": "error", "manifest": None, "message": message, "permanent": permanent})
             return
         status = manifest["status"]
         message = (
@@ -116,23 +114,13 @@ class WorkersAIBatchTrigger(BaseTrigger):
         from airflow_provider_cfai.batch.engines import run_engine
         from airflow_provider_cfai.hooks.cloudflare_ai_async import CloudflareAIAsyncHook
 
-        connections = max(self.concurrency, 1)
+        # The trigger's kwargs are the engine's, plus the connection to call through.
+        kwargs = self.serialize()[1]
+        conn_id, account_id = kwargs.pop("cloudflare_conn_id"), kwargs.pop("account_id")
         async with CloudflareAIAsyncHook(
-            self.cloudflare_conn_id, account_id=self.account_id, max_connections=connections, logger=self.log
+            conn_id, account_id=account_id, max_connections=self.concurrency, logger=self.log
         ) as client:
-            return await run_engine(
-                client,
-                engine=self.engine,
-                model=self.model,
-                lora=self.lora,
-                inputs_path=self.inputs_path,
-                output=self.output,
-                request_ids=self.request_ids or [],
-                chunk_sizes=self.chunk_sizes,
-                concurrency=self.concurrency,
-                poll_interval=self.poll_interval,
-                deadline=self.deadline,
-            )
+            return await run_engine(client, **kwargs)
 
 
 def _event(payload: dict[str, Any]) -> TriggerEvent:
