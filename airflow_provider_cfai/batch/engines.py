@@ -13,9 +13,6 @@ retry sends it again) and the batch goes on. The batch itself stops, keeping wha
 call can succeed (:func:`~airflow_provider_cfai.policy.stops_the_batch`): rejected credentials, a
 lockout, no answer at all, or an error about the model or finetune. A resumed run hands the final
 records it finds after a transient one back to the writer instead of sending their items again.
-
-**Queue.** The operator submits the chunks (:func:`plan_chunks` keeps each under the 10 MB limit) and
-records their request IDs; :func:`collect_queue` turns their responses into records.
 """
 
 from __future__ import annotations
@@ -71,19 +68,13 @@ async def run_engine(
     poll_interval: float = 5.0,
     **common: Any,
 ) -> BatchManifest:
-    """Run one of :data:`~airflow_provider_cfai.batch.ENGINES`: the worker and the trigger both call this.
-
-    ``common`` holds what both engines take: ``model``, ``lora``, ``output`` and ``deadline``.
-    """
+    """Run one engine; ``common`` is what both take (``model``, ``lora``, ``output``, ``deadline``)."""
     if engine == "queue":
         ids = request_ids or ()
         return await collect_queue(
             client, request_ids=ids, chunk_sizes=chunk_sizes, poll_interval=poll_interval, **common
         )
     return await run_direct(client, inputs_path=inputs_path, concurrency=concurrency, **common)
-
-
-# -- queue: chunking --------------------------------------------------------------------------------
 
 
 def plan_chunks(items: Iterable[Mapping[str, Any]], max_bytes: int = DEFAULT_MAX_BYTES) -> list[list[dict[str, Any]]]:
@@ -116,9 +107,6 @@ def plan_chunks(items: Iterable[Mapping[str, Any]], max_bytes: int = DEFAULT_MAX
     return chunks
 
 
-# -- direct -----------------------------------------------------------------------------------------
-
-
 async def run_direct(
     client: CloudflareAIAsyncHook,
     *,
@@ -131,8 +119,6 @@ async def run_direct(
 ) -> BatchManifest:
     """Run every input through ``POST /ai/run/{model}``, ``concurrency`` at a time, paced.
 
-    :param lora: a finetune to apply to every item.
-    :param output: where the records go; the records already there are skipped (resume).
     :raises CloudflareAPIError: the batch could not go on (see the module docstring).
     """
     if concurrency < 1:
@@ -200,15 +186,11 @@ async def _call_one(
         # Cloudflare's messages, without the request line.
         status = f"HTTP {error.status}" if error.status is not None else "no response"
         message = f"{status}: {format_errors(error.errors) or error.detail or 'no details'}"
-        # transient: a 5xx or timeout after the retries, which a retry sends again.
         transient = is_retryable(error)
         return failure_record(
             index, reference, status=error.status, codes=error.codes, message=message, transient=transient
         )
     return success_record(index, reference, result)
-
-
-# -- queue: collecting --------------------------------------------------------------------------------
 
 
 async def collect_queue(
@@ -288,7 +270,6 @@ async def collect_queue(
 def _chunk_records(
     responses: list[Any], offset: int, size: int | None, request_id: str
 ) -> tuple[list[dict[str, Any]], int]:
-    """Records for one chunk's responses, in index order, and the chunk's item count."""
     by_id: dict[int, dict[str, Any]] = {}
     for response in responses:
         item_id = response.get("id") if isinstance(response, Mapping) else None
@@ -326,9 +307,6 @@ def _item_error(response: Mapping[str, Any]) -> tuple[list[int], str]:
     messages = [format_errors([item]) if isinstance(item, Mapping) else str(item) for item in items]
     message = "; ".join(m for m in messages if m) or "the Batch API reported this item as failed"
     return codes, message
-
-
-# -- shared -----------------------------------------------------------------------------------------
 
 
 async def _until(deadline: float | None, work: Coroutine[Any, Any, None]) -> bool:
