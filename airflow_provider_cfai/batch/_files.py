@@ -53,7 +53,6 @@ def describe(location: str) -> str:
 
 
 def _remote(location: str) -> tuple[Any, str]:
-    """The filesystem and path of a location that is not local."""
     if "::" not in location:
         try:
             from airflow.sdk import ObjectStoragePath
@@ -168,7 +167,6 @@ def remove(location: str) -> None:
 
 
 def upload(local: str, location: str) -> None:
-    """Copy a local file to a remote ``location`` (replacing it)."""
     fs, remote = _remote(location)
     _makedirs(fs, remote)
     fs.put_file(local, remote)

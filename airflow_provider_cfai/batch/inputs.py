@@ -25,16 +25,13 @@ _EXAMPLE = '{"prompt": "..."}'
 
 @dataclass(frozen=True)
 class InputsSummary:
-    """What a full pass over the inputs learned: the item count and the file's SHA-256."""
-
     count: int
     sha256: str
 
 
 def iter_inputs(path: str, start: int = 0) -> Generator[tuple[int, dict[str, Any]], None, None]:
-    """Stream ``(index, item)`` from a JSONL file, from item ``start`` on: item ``index`` is line ``index + 1``.
+    """Stream ``(index, item)`` from a JSONL file, from item ``start`` on.
 
-    :param path: a local path or an fsspec URL (an ``ObjectStoragePath`` in its string form).
     :raises CloudflareInputError: the file is missing, or a line is blank or not a JSON object (the
         message names the line number).
     """
@@ -46,8 +43,6 @@ def iter_inputs(path: str, start: int = 0) -> Generator[tuple[int, dict[str, Any
 
 def scan_inputs(path: str, *, prompts: bool = False) -> InputsSummary:
     """Check every line of a JSONL inputs file; return its item count and the file's digest.
-
-    Run before any API call, so a bad line 9,000 fails the task before the first request.
 
     :param prompts: also check that each item is a text-generation input (:func:`check_prompt`).
     """
@@ -154,8 +149,6 @@ def stage_inputs(items: Sequence[Any], output: str, *, prompts: bool = False) ->
     """Write an inline list of inputs as JSONL next to ``output``; return that file's location.
 
     The trigger's kwargs then carry a path, never the inputs themselves.
-
-    :param prompts: also check that each item is a text-generation input (:func:`check_prompt`).
     """
     lines = []
     for index, item in enumerate(items):

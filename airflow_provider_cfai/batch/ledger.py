@@ -22,7 +22,6 @@ __all__ = ["STATE_KEY", "Ledger", "load_ledger", "save_ledger"]
 
 log = logging.getLogger(__name__)
 
-#: The operator's record of a batch in flight (request IDs, inputs digest), next to the output.
 SIDECAR_SUFFIX = ".batch.json"
 #: The key in Airflow 3.3's task state store.
 STATE_KEY = "cfai_batch"
@@ -33,7 +32,6 @@ _VERSION = 1
 class Ledger:
     """One batch: what identifies it, where its inputs are, and the queued chunks submitted so far.
 
-    :param fingerprint: inputs digest and count, model, lora, engine and output.
     :param inputs: the inputs file the trigger reads (inline lists are staged to one).
     :param request_ids: one per submitted chunk, in order (queue engine only).
     :param chunk_sizes: the item count of each submitted chunk.
@@ -49,7 +47,6 @@ class Ledger:
 
     @classmethod
     def from_json(cls, data: Any) -> Ledger | None:
-        """The ledger in ``data``, or ``None`` for anything that is not a well-formed one."""
         if not isinstance(data, dict) or data.get("version") != _VERSION:
             return None
         fingerprint, inputs = data.get("fingerprint"), data.get("inputs")
@@ -96,7 +93,6 @@ def _matching(data: Any, fingerprint: dict[str, Any], where: str) -> Ledger | No
 
 
 def save_ledger(ledger: Ledger, output: str, *, state_store: Any = None) -> None:
-    """Write the ledger next to the output and, when given, into the task state store."""
     data = ledger.to_json()
     _files.write_text(sidecar_location(output), json.dumps(data, indent=1, sort_keys=True) + "\n")
     if state_store is not None:

@@ -17,8 +17,6 @@ _TOP_CODES = 5
 
 
 class BatchManifest(TypedDict):
-    """What the operator returns (XCom): counts and where the results are, never the results."""
-
     engine: str
     model: str
     lora: str | None
@@ -69,7 +67,6 @@ def build_manifest(
         "resumed_from": resumed_from,
         # Items a retry must send again: not finished, whatever the engine says.
         "status": "incomplete" if status == "success" and tally.transient else status,
-        # The most common first error codes of the failed items: why a batch failed, at a glance.
         "error_codes": dict(tally.codes.most_common(_TOP_CODES)),
         "transient_failures": tally.transient,
     }

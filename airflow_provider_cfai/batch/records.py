@@ -33,7 +33,6 @@ __all__ = [
 
 
 def success_record(index: int, external_reference: str | None, result: Any) -> dict[str, Any]:
-    """The output line for an item the model answered."""
     return {"index": index, "external_reference": external_reference, "success": True, "result": result}
 
 
@@ -64,7 +63,6 @@ def is_transient(record: Mapping[str, Any]) -> bool:
 
 
 def iter_outputs(output: str) -> Iterator[dict[str, Any]]:
-    """Stream the records of a finished output file, one dict per line."""
     with _files.open_read(output) as handle:
         for raw in handle:
             if raw.strip():
@@ -104,7 +102,6 @@ def read_prefix(source: IO[bytes], keep: Callable[[bytes, dict[str, Any]], None]
 
 
 def record_line(record: Mapping[str, Any]) -> bytes:
-    """A record as one JSONL line."""
     return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
