@@ -1,8 +1,6 @@
-"""What ``WorkersAIBatchOperator`` does in the worker, step by step, as plain functions.
+"""What ``WorkersAIBatchOperator`` does in the worker, as plain functions.
 
-Open the batch (stage and check the inputs, pick the engine, find or start its ledger), submit the
-queue engine's chunks, run an engine in the worker when not deferring, and turn a manifest into the
-task's outcome. Kept out of the operator module, which every DAG parse imports.
+Kept out of the operator module, which every DAG parse imports.
 """
 
 from __future__ import annotations
@@ -36,8 +34,6 @@ if TYPE_CHECKING:
 
 @dataclass
 class Batch:
-    """One batch as the worker sees it: what runs, where, and how much is already done."""
-
     model: str
     lora: str | None
     output: str
@@ -107,8 +103,6 @@ def open_batch(
 
 
 def pick_engine(choice: str, model: str, lora: str | None, *, entry: dict[str, Any] | None, log: Logger) -> str:
-    """``queue`` for a model the catalog (``entry``; ``None``: unreadable) marks ``async_queue`` (and
-    no lora), else ``direct``."""
     if choice != "auto":
         return choice
     if lora is not None:
@@ -142,7 +136,6 @@ def submit_chunks(batch: Batch, hook: Any, *, account_id: str | None, log: Logge
 
 
 def finished_manifest(batch: Batch) -> BatchManifest:
-    """The manifest of a batch whose output is already complete (a re-run: no API call)."""
     return build_manifest(
         engine=batch.engine,
         model=batch.model,

@@ -38,10 +38,7 @@ class OrderedResultWriter:
     the writer and so uploads what it wrote; a process that is killed outright loses its spool, and
     the next run resumes from what the last closed run uploaded.
 
-    Async code uses ``async with`` and :meth:`add` (file I/O runs in a thread, off the event loop);
-    sync code uses ``with`` and :meth:`add_sync`.
-
-    :param output: a local path or an fsspec URL (an ``ObjectStoragePath`` in its string form).
+    Async code uses :meth:`add`, which runs the file I/O in a thread, off the event loop.
     """
 
     def __init__(self, output: str) -> None:
@@ -66,10 +63,8 @@ class OrderedResultWriter:
 
     @property
     def next_index(self) -> int:
-        """The index of the next record to append (records written so far, resumed ones included)."""
+        """Records written so far, resumed ones included."""
         return self._next
-
-    # -- sync -------------------------------------------------------------------------------------
 
     def open_sync(self) -> None:
         """Find the complete prefix already in ``output`` and open it for appending (idempotent)."""
@@ -188,8 +183,6 @@ class OrderedResultWriter:
     def __exit__(self, *exc: object) -> None:
         self.close_sync()
 
-    # -- async ------------------------------------------------------------------------------------
-
     async def add(self, index: int, record: dict[str, Any]) -> None:
         await asyncio.to_thread(self.add_sync, index, record)
 
@@ -200,11 +193,7 @@ class OrderedResultWriter:
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.close_sync)
 
-    # -- resume -----------------------------------------------------------------------------------
-
     def _scan_prefix(self, source: IO[bytes], copy_to: IO[bytes] | None) -> tuple[int, int]:
-        """Count leading lines that are complete records 0, 1, 2, …; return (count, their bytes)."""
-
         def keep(raw: bytes, record: dict[str, Any]) -> None:
             self.tally.add(record)
             if copy_to is not None:
