@@ -117,8 +117,6 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
         self._cancel: Callable[[], object] | None = None
         self._check(rendered=False)
 
-    # -- worker -----------------------------------------------------------------------------------
-
     def execute(self, context: Context) -> BatchManifest:
         from airflow_provider_cfai.batch import worker
 
@@ -162,7 +160,6 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
             trigger = WorkersAIBatchTrigger(
                 cloudflare_conn_id=self.cloudflare_conn_id, account_id=self.account_id, **engine_kwargs
             )
-            # The trigger stops at the deadline itself; the triggerer's timeout is only a backstop.
             timeout = None if deadline is None else timedelta(seconds=max(0.0, deadline - time.time()) + _GRACE)
             self.log.info("Deferring: %s engine, %d input(s), results to %s", batch.engine, batch.total, output)
             self.defer(trigger=trigger, method_name="execute_complete", timeout=timeout)
@@ -179,7 +176,6 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
         self._cancel = cancel
 
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> BatchManifest:
-        """Resume after the trigger: check its event, apply ``max_failure_ratio``, return the manifest."""
         if not isinstance(event, Mapping):
             raise CloudflareAIError(f"The batch trigger sent no usable event ({event!r}); a retry re-attaches")
         status, manifest = event.get("status"), event.get("manifest")
@@ -214,7 +210,6 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
             )
 
     def _deadline(self, context: Context) -> float | None:
-        """``execution_timeout`` counted from the task's start, as epoch seconds."""
         if self.execution_timeout is None:
             return None
         started = getattr(context.get("ti"), "start_date", None)
@@ -234,9 +229,6 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
         except CloudflareAIError:
             context["ti"].xcom_push(key=MANIFEST_KEY, value=manifest)  # why it failed, for a look or a retry
             raise
-
-
-# -- argument checks --------------------------------------------------------------------------------------
 
 
 def _default_deferrable() -> bool:

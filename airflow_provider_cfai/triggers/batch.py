@@ -1,11 +1,8 @@
 """WorkersAIBatchTrigger: a batch evaluation's engine, run in the triggerer while its task is deferred.
 
-The operator defers to this trigger with plain data only (a connection id, the inputs and output
-locations, request IDs); the trigger reads the connection, runs the engine, and fires exactly one
-event carrying the manifest, never the results (those are in ``output``).
-
-This module imports Airflow's trigger base classes, which are not light: operator modules import it
-inside ``execute``, never at the top.
+Its kwargs are plain data (locations, never the inputs or results). This module imports Airflow's
+trigger base classes, which are not light: operator modules import it inside ``execute``, never at
+the top.
 """
 
 from __future__ import annotations
@@ -97,7 +94,6 @@ class WorkersAIBatchTrigger(BaseTrigger):
             known = isinstance(error, CloudflareAIError)
             self.log.error("Batch on %s stopped: %s", self.model, error, exc_info=not known)
             message = str(error) if known else f"{type(error).__name__}: {error}"
-            # "permanent": a retry of the task would meet the same error (bad input, credentials, 4xx).
             permanent = known and isinstance(error, AirflowFailException)
             yield _event({"status": "error", "manifest": None, "message": message, "permanent": permanent})
             return
@@ -114,7 +110,6 @@ class WorkersAIBatchTrigger(BaseTrigger):
         from airflow_provider_cfai.batch.engines import run_engine
         from airflow_provider_cfai.hooks.cloudflare_ai_async import CloudflareAIAsyncHook
 
-        # The trigger's kwargs are the engine's, plus the connection to call through.
         kwargs = self.serialize()[1]
         conn_id, account_id = kwargs.pop("cloudflare_conn_id"), kwargs.pop("account_id")
         async with CloudflareAIAsyncHook(
