@@ -155,7 +155,6 @@ def check_writable(location: str, field: str) -> None:
 
 
 def remove(location: str) -> None:
-    """Delete the file; a missing file is fine."""
     path = local_path(location)
     if path is not None:
         with contextlib.suppress(FileNotFoundError):

@@ -9,10 +9,8 @@ a manifest with ``"status": "timeout"``.
 (so a run spends the window without overrunning it into Cloudflare's five-minute lockout) and each
 retried on its own by the shared policy (``Retry-After`` included). An item Cloudflare refuses
 becomes a failure record (marked ``transient`` for a 5xx or timeout that outlived its retries: a
-retry sends it again) and the batch goes on. The batch itself stops, keeping what it wrote, when no
-call can succeed (:func:`~airflow_provider_cfai.policy.stops_the_batch`): rejected credentials, a
-lockout, no answer at all, or an error about the model or finetune. A resumed run hands the final
-records it finds after a transient one back to the writer instead of sending their items again.
+retry sends it again) and the batch goes on, unless no call can succeed: then it stops, keeping what
+it wrote (:func:`~airflow_provider_cfai.policy.stops_the_batch`).
 """
 
 from __future__ import annotations
@@ -213,7 +211,6 @@ async def collect_queue(
     written again.
 
     :param request_ids: the submissions' request IDs, in the order of their chunks.
-    :param poll_interval: seconds between polls of a request that is still queued or running.
     :param chunk_sizes: the item count of each chunk, when known: an item Cloudflare left without a
         response then gets a failure record, and a timed-out manifest its true ``total``.
     :param lora: recorded in the manifest only.

@@ -181,7 +181,6 @@ def run_engine(
 def outcome(
     manifest: BatchManifest, *, max_failure_ratio: float, execution_timeout: timedelta | None, log: Logger
 ) -> BatchManifest:
-    """Return the manifest, or raise for a timeout, items a retry sends again, or too many failed items."""
     where = _files.describe(str(manifest["output"]))
     done = manifest["succeeded"] + manifest["failed"]
     if manifest["status"] == "timeout":

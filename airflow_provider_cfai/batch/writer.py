@@ -28,9 +28,8 @@ class OrderedResultWriter:
     bound how far ahead they run, so this stays small). Each in-order run of records is appended and
     flushed at once, so ``output`` always holds a complete prefix of the batch.
 
-    **Resume.** On opening, the lines already in ``output`` that are complete records numbered 0, 1,
-    2, … are kept and counted (:attr:`start_index`); a torn last line (a crash mid-write) or anything
-    after the first line that does not fit is cut off.
+    **Resume.** On opening, the complete prefix of ``output`` is kept and
+    counted (:attr:`start_index`); the rest (a torn last line after a crash mid-write, say) is cut off.
 
     **Remote outputs** (fsspec URLs, ``ObjectStoragePath``): object stores cannot append, so the
     writer spools to a local temporary file (seeded with the remote's complete prefix) and uploads it
@@ -74,7 +73,7 @@ class OrderedResultWriter:
             spool = None
             if self._local is None:
                 fd, self._spool = tempfile.mkstemp(prefix="cfai-batch-", suffix=".jsonl")
-                spool = os.fdopen(fd, "wb")  # seeded with the remote's complete prefix
+                spool = os.fdopen(fd, "wb")
             keep = 0
             with contextlib.suppress(FileNotFoundError), _files.open_read(self.output) as source:
                 self._start, keep = self._scan_prefix(source, spool)

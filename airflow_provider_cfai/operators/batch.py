@@ -272,7 +272,6 @@ def _check_inputs(inputs: Any, *, rendered: bool) -> None:
 
 
 def _location(field: str, value: Any) -> str:
-    """A location as a string: a local path, an fsspec URL, or an ObjectStoragePath's URL."""
     if hasattr(value, "fs") and hasattr(value, "path") and not isinstance(value, str):
         return str(value)  # an ObjectStoragePath: its string keeps the connection (conn_id@...)
     if isinstance(value, os.PathLike):
