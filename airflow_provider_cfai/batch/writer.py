@@ -28,8 +28,8 @@ class OrderedResultWriter:
     bound how far ahead they run, so this stays small). Each in-order run of records is appended and
     flushed at once, so ``output`` always holds a complete prefix of the batch.
 
-    **Resume.** On opening, the complete prefix of ``output`` is kept and
-    counted (:attr:`start_index`); the rest (a torn last line after a crash mid-write, say) is cut off.
+    **Resume.** On opening, the complete prefix of ``output`` is kept and counted (:attr:`start_index`);
+    the rest (a torn last line after a crash mid-write, say) is cut off.
 
     **Remote outputs** (fsspec URLs, ``ObjectStoragePath``): object stores cannot append, so the
     writer spools to a local temporary file (seeded with the remote's complete prefix) and uploads it
