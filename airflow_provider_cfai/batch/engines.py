@@ -181,7 +181,6 @@ async def _call_one(
     except CloudflareAPIError as error:
         if stops_the_batch(error):
             raise error.with_context(f"The batch stopped at item {index}, an error every item would meet") from error
-        # Cloudflare's messages, without the request line.
         status = f"HTTP {error.status}" if error.status is not None else "no response"
         message = f"{status}: {format_errors(error.errors) or error.detail or 'no details'}"
         transient = is_retryable(error)

@@ -5,8 +5,8 @@ IDs, and proof that the output file belongs to this very batch — is written ne
 (``<output>.batch.json``, which lives as long as the output) and, on Airflow 3.3+, into the task's
 state store (which survives a retry on another machine whose local disk has no sidecar).
 
-A ledger only counts when its *fingerprint* (the inputs' digest and count, model, LoRA, engine,
-output) matches the batch being run: an output left by another batch is never resumed.
+A ledger only counts when its *fingerprint* matches the batch being run: an output left by another
+batch is never resumed.
 """
 
 from __future__ import annotations

@@ -50,7 +50,6 @@ def build_manifest(
     :param total: the number of inputs.
     :param status: ``"success"`` (every input has a record) or ``"timeout"`` (the deadline came first);
         a success with transient failures left is reported as ``"incomplete"``.
-    ``failure_ratio`` is failed records over written records (0.0 when nothing was written).
     """
     written = tally.written
     return {

@@ -70,10 +70,7 @@ def iter_outputs(output: str) -> Iterator[dict[str, Any]]:
 
 
 def scan_output(output: str) -> OutputTally:
-    """Tally the complete records 0, 1, 2, … at the start of ``output`` without changing it.
-
-    ``tally.written`` is where a resumed run would start; a missing output counts as empty.
-    """
+    """Tally the complete records 0, 1, 2, … at the start of ``output`` without changing it."""
     tally = OutputTally()
     try:
         with _files.open_read(output) as handle:
