@@ -63,6 +63,7 @@ def is_transient(record: Mapping[str, Any]) -> bool:
 
 
 def iter_outputs(output: str) -> Iterator[dict[str, Any]]:
+    """Stream the records of a finished output file, one dict per line."""
     with _files.open_read(output) as handle:
         for raw in handle:
             if raw.strip():

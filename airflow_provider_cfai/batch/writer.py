@@ -143,7 +143,7 @@ class OrderedResultWriter:
 
         The writer cut ``output`` there on opening (:attr:`start_index` is that record's index): a
         resumed run hands the final ones back to :meth:`add` instead of sending their items again,
-        and sends only the transient ones. What is not handed back by :meth:`close` is kept.
+        and sends only the transient ones.
         """
         self.open_sync()
         if self._carry is None:

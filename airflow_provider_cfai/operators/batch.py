@@ -42,8 +42,7 @@ class WorkersAIBatchOperator(CloudflareAIBaseOperator):
 
     Results go to ``output`` as JSONL, one line per input in input order (``index``,
     ``external_reference``, ``success``, ``result`` or ``error``). XCom ``return_value`` gets a small
-    manifest: counts, failures, ``failure_ratio``, token usage, ``output``, ``engine``,
-    ``request_ids``, ``resumed_from``, ``status`` — never the results.
+    :class:`~airflow_provider_cfai.batch.manifest.BatchManifest` (counts, usage, ``status``), never the results.
 
     Two engines: ``queue`` submits the inputs to Cloudflare's asynchronous Batch API (models with the
     catalog's ``async_queue`` property, no ``lora``) and polls for the answers; ``direct`` makes paced,
