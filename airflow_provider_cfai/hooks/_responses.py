@@ -38,6 +38,9 @@ class HTTPResponse(Protocol):
     @property
     def text(self) -> str: ...
 
+    @property
+    def content(self) -> bytes: ...
+
     def json(self) -> Any: ...
 
 
@@ -59,8 +62,13 @@ def _error_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [dict(item) if isinstance(item, Mapping) else {"message": str(item)} for item in items]
 
 
-def unwrap(response: HTTPResponse, method: str, path: str, *, needs: tuple[str, ...] | None = None) -> Any:
+def unwrap(
+    response: HTTPResponse, method: str, path: str, *, needs: tuple[str, ...] | None = None, raw: bool = False
+) -> Any:
     """Return the envelope's ``result`` or raise :class:`~airflow_provider_cfai.policy.AttemptFailed`.
+
+    :param raw: a success is the body's bytes, not an envelope (a Workers KV value); an error answer
+        is still read as an envelope.
 
     :param needs: what a success must carry for the call to know what it did: ``None`` for any
         ``result``; otherwise ``result`` must be an object (a one-object list is unwrapped) holding a
@@ -68,6 +76,8 @@ def unwrap(response: HTTPResponse, method: str, path: str, *, needs: tuple[str, 
         is read like a garbled one: the work may be done, its answer is unusable.
     """
     status = response.status_code
+    if raw and 200 <= status < 300:
+        return response.content
     retry_after = response.headers.get("Retry-After")
     try:
         body = response.json()

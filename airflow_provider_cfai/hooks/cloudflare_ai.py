@@ -262,9 +262,7 @@ class CloudflareAIHook(BaseHook):
         finally:
             self._gate.release(window, answer)
         self.log.debug("%s %s -> HTTP %s", method, path, response.status_code)
-        if raw and 200 <= response.status_code < 300:
-            return response.content
-        return unwrap(response, method, path, needs=needs)
+        return unwrap(response, method, path, needs=needs, raw=raw)
 
     # -- finetunes --------------------------------------------------------------------------------
 
@@ -611,32 +609,22 @@ class CloudflareAIHook(BaseHook):
             listed = _flatten(self._send("GET", path, params={"page": 1, "per_page": 1000}))
             return next((ns for ns in listed if ns.get("title") == title), None)
 
-        return _as_object(self._request("POST", path, json={"title": title}, recover=recover), "POST", path)
+        # ``needs``: a success without an ``id`` is an unknown outcome, looked up by title like a lost one.
+        namespace: dict[str, Any] = self._request("POST", path, json={"title": title}, recover=recover, needs=("id",))
+        return namespace
 
     def read_kv_value(self, namespace_id: str, key: str, *, account_id: str | None = None) -> bytes | None:
         """A KV key's value as stored (raw bytes, not an envelope), or ``None`` when the key does not exist.
 
         A missing namespace is an error (:class:`CloudflarePermanentAPIError`), not ``None``.
         """
-        path = self._kv_path(namespace_id, "values", key, account_id)
-        try:
-            value = self._request("GET", path, raw=True)
-        except CloudflarePermanentAPIError as error:
-            if kv_key_missing(error):
-                return None
-            raise
-        return bytes(value)
+        value = self._read_kv("values", namespace_id, key, account_id)
+        return None if value is None else bytes(value)
 
     def read_kv_metadata(self, namespace_id: str, key: str, *, account_id: str | None = None) -> Any:
         """A KV key's metadata (``GET .../metadata/{key}``, the JSON written with the value), or ``None``
         when the key does not exist or was written without metadata."""
-        path = self._kv_path(namespace_id, "metadata", key, account_id)
-        try:
-            return self._request("GET", path)
-        except CloudflarePermanentAPIError as error:
-            if kv_key_missing(error):
-                return None
-            raise
+        return self._read_kv("metadata", namespace_id, key, account_id)
 
     def write_kv_value(
         self,
@@ -698,6 +686,17 @@ class CloudflareAIHook(BaseHook):
 
         self._request("PUT", path, upload=multipart, recover=recover)
 
+    def _read_kv(self, kind: str, namespace_id: str, key: str, account_id: str | None) -> Any:
+        """``GET .../{kind}/{key}`` (``values``: raw bytes; ``metadata``: the envelope's result); ``None``
+        when the key does not exist. Any other 404 (no such namespace) is raised."""
+        path = self._kv_path(namespace_id, kind, key, account_id)
+        try:
+            return self._request("GET", path, raw=kind == "values")
+        except CloudflarePermanentAPIError as error:
+            if kv_key_missing(error):
+                return None
+            raise
+
     def _kv_path(self, namespace_id: str, kind: str, key: str, account_id: str | None) -> str:
         namespace_id, key = _required("namespace_id", namespace_id), _required("key", key)
         if len(key.encode()) > _KV_KEY_MAX or key in (".", ".."):
@@ -719,16 +718,6 @@ def _required(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise CloudflareInputError(f"{name} must be a non-empty string, got {value!r}")
     return value.strip()
-
-
-def _as_object(result: Any, method: str, path: str) -> dict[str, Any]:
-    if isinstance(result, list) and len(result) == 1 and isinstance(result[0], dict):
-        result = result[0]
-    if not isinstance(result, dict):
-        raise CloudflareAPIError(
-            method, path, 200, detail=f"expected an object in 'result', got {type(result).__name__}"
-        )
-    return result
 
 
 def _flatten(result: Any) -> list[dict[str, Any]]:

@@ -461,6 +461,17 @@ def test_a_lost_namespace_create_is_found_by_title(kv_hook: Any, emulator: Any) 
     assert [ns["id"] for ns in kv_hook.list_kv_namespaces()] == [created["id"]]
 
 
+def test_a_namespace_create_answered_without_an_id_is_found_by_title(kv_hook: Any, emulator: Any) -> None:
+    # A well-formed envelope that lacks the id: the create may be done, so it is looked up, not trusted.
+    empty = '{"success": true, "errors": [], "messages": [], "result": {}}'
+    rule = emulator.add_fault(method="POST", path=r"/storage/kv/namespaces$", action="garble_after_commit", body=empty)
+
+    created = kv_hook.create_kv_namespace("serving")
+
+    assert emulator.fired(rule) == 1
+    assert [ns["id"] for ns in kv_hook.list_kv_namespaces()] == [created["id"]]
+
+
 def test_namespaces_are_listed_across_pages(kv_hook: Any) -> None:
     made = [kv_hook.create_kv_namespace(f"ns-{i}")["id"] for i in range(7)]
 
